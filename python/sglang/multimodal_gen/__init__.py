@@ -1,0 +1,1 @@
+"""SGLang diffusion runtime (subset: the normalization layers and what they need)."""
