@@ -1,0 +1,305 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Single-pass CUDA paths of FP32LayerNorm and the fused modulation kernel.
+
+GPU cases sweep shapes, layouts and dtypes and require bit-identity with the
+uncached fp32 reference (and, for the fused modules, with their eager chain).
+They also assert the fast path was really taken, so a silent fallback cannot
+pass. CPU cases check that the CPU stays on the cached route and the env switch.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sglang.multimodal_gen.runtime.layers import layernorm as ln
+
+HAS_CUDA = torch.cuda.is_available()
+needs_triton = pytest.mark.skipif(ln.triton is None, reason="needs Triton")
+
+SWEEP_DIMS = (8, 64, 100, 320, 1000, 1280, 1536, 3072, 4096, 5120, 8192, 12288)
+PARAMS = ("same", "fp32", "none", "weight-only")
+
+
+def reference(x, shape, w, b, eps):
+    def fp32(p):
+        return None if p is None else p.float().to(x.device)
+
+    return F.layer_norm(x.float(), shape, fp32(w), fp32(b), eps).to(x.dtype)
+
+
+def make_norm(dim, dtype, params, device="cuda", seed=0):
+    pdtype = torch.float32 if params == "fp32" else dtype
+    m = ln.FP32LayerNorm(
+        dim,
+        eps=1e-6,
+        elementwise_affine=params != "none",
+        bias=params != "weight-only",
+        device=device,
+        dtype=pdtype,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.7 + 1.0)
+    return m
+
+
+def layouts(rows, dim, dtype, device, gen):
+    """Inputs of one logical shape in several memory layouts."""
+    base = (torch.randn(rows + 1, dim, generator=gen) * 3 + 0.5).to(device, dtype)
+    flat = torch.empty(rows * dim + 3, device=device, dtype=dtype)
+    flat[1 : rows * dim + 1] = base[:rows].flatten()
+    wide = torch.empty(rows, 2 * dim, device=device, dtype=dtype)
+    wide[:, :dim] = base[:rows]
+    return {
+        "contiguous": base[:rows],
+        "3d": base[:rows].reshape(1, rows, dim),
+        "offset-by-one": flat[1 : rows * dim + 1].view(rows, dim),
+        "row-strided": wide[:, :dim],
+        "transposed": base[:rows].t().contiguous().t(),
+        "empty": base[:0],
+    }
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("dim", SWEEP_DIMS)
+def test_fp32_layer_norm_cuda_sweep_is_bit_identical(dim, params, dtype):
+    m = make_norm(dim, dtype, params)
+    gen = torch.Generator().manual_seed(dim)
+    taken = set()
+    for name, x in layouts(131, dim, dtype, "cuda", gen).items():
+        with torch.no_grad():
+            y = m(x)
+        ref = reference(x, (dim,), m.weight, m.bias, m.eps)
+        assert y.dtype == dtype and y.shape == x.shape
+        assert torch.equal(y, ref), f"{name}: {(y != ref).sum().item()} differ"
+        taken.add(ln.fp32_layer_norm_path(x, (dim,), m.weight, m.bias))
+    pdtype = m.weight.dtype if m.weight is not None else dtype
+    if pdtype == dtype:
+        assert "aten_reduced" in taken
+    elif ln.triton is not None and dim % 4 == 0 and dim <= 8192:
+        assert "triton" in taken
+    else:
+        assert taken == {"cached"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_path_is_proven_and_used(dtype, monkeypatch):
+    m = make_norm(5120, dtype, "fp32")
+    x = torch.randn(4, 77, 5120, device="cuda").to(dtype)
+    calls = []
+    real = ln._launch_fp32_norm
+    monkeypatch.setattr(
+        ln, "_launch_fp32_norm", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    with torch.no_grad():
+        y = m(x)
+    assert calls, "the Triton kernel was not launched"
+    assert torch.equal(y, reference(x, (5120,), m.weight, m.bias, m.eps))
+    # a fast path never needs the fp32 copies
+    assert "_weight_fp32_cache" not in vars(m)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+def test_triton_kernel_stats_match_aten():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for dim in (64, 320, 1280, 5120, 8192):
+        x = torch.randn(513, dim, generator=gen, device="cuda") * 4 - 1
+        w = torch.randn(dim, generator=gen, device="cuda")
+        y, (mean, rstd) = ln._launch_fp32_norm(x, w, None, 1e-5, store_stats=True)
+        ref, ref_mean, ref_rstd = torch.native_layer_norm(x, (dim,), w, None, 1e-5)
+        assert torch.equal(mean, ref_mean.flatten())
+        assert torch.equal(rstd, ref_rstd.flatten())
+        assert torch.equal(y, ref)
+
+
+def _modulation(layout, batch, seq, dim, dtype, gen):
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=gen) * 0.3).to("cuda", dtype)
+
+    if layout == "scalar":
+        return rnd(1)
+    if layout == "[D]":
+        return rnd(dim)
+    if layout == "[B,D]":
+        return rnd(batch, dim)
+    if layout == "[1,1,D]":
+        return rnd(1, 1, dim)
+    if layout == "[B,1,D]":
+        return rnd(batch, 1, dim)
+    if layout == "[B,L,D]":
+        return rnd(batch, seq, dim)
+    if layout == "[B,F,1,D]":
+        return rnd(batch, 4, 1, dim)
+    if layout == "chunk":  # Wan: a [B, 1, D] slice of a [B, 6, D] table
+        return rnd(batch, 6, dim).chunk(6, dim=1)[2]
+    raise AssertionError(layout)
+
+
+MOD_LAYOUTS = ("scalar", "[D]", "[B,D]", "[1,1,D]", "[B,1,D]", "[B,L,D]",
+               "[B,F,1,D]", "chunk")  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("mod_dtype", [torch.float32, "same"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_fused_norm_scale_shift_equals_chain(x_dtype, mod_dtype, affine):
+    mdtype = x_dtype if mod_dtype == "same" else mod_dtype
+    dim, batch, seq = 1280, 2, 64
+    gen = torch.Generator().manual_seed(dim)
+    m = ln.LayerNormScaleShift(dim, eps=1e-6, elementwise_affine=affine).cuda()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5 + 1)
+    x = (torch.randn(batch, seq, dim, generator=gen) * 2).to("cuda", x_dtype)
+    # layouts are runtime strides: one compiled kernel serves all of them
+    for layout in MOD_LAYOUTS:
+        shift = _modulation(layout, batch, seq, dim, mdtype, gen)
+        scale = _modulation(layout, batch, seq, dim, mdtype, gen)
+        with torch.no_grad():
+            assert ln._fused_norm_modulate(m, x, scale, shift) is not None
+            fused = m(x, shift, scale)
+            chain = m.forward_native(x, shift, scale)
+        assert fused.dtype == x_dtype
+        assert torch.equal(fused, chain), (layout, (fused != chain).sum().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+@pytest.mark.parametrize("gate_layout", ("int", "[B,1,D]", "[B,F,1,D]", "chunk"))
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("mod_dtype", [torch.float32, "same"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_fused_scale_residual_equals_chain(gate_layout, x_dtype, mod_dtype, affine):
+    mdtype = x_dtype if mod_dtype == "same" else mod_dtype
+    dim, batch, seq = 1536, 2, 96
+    gen = torch.Generator().manual_seed(7)
+    m = ln.ScaleResidualLayerNormScaleShift(
+        dim, eps=1e-6, elementwise_affine=affine
+    ).cuda()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5 + 1)
+    residual = (torch.randn(batch, seq, dim, generator=gen) * 2).to("cuda", x_dtype)
+    x = torch.randn(batch, seq, dim, generator=gen).to("cuda", x_dtype)
+    if gate_layout == "int":
+        gate = 1
+    else:
+        gate = _modulation(gate_layout, batch, seq, dim, mdtype, gen)
+    shift = _modulation("[B,1,D]", batch, seq, dim, mdtype, gen)
+    scale = _modulation("[B,F,1,D]", batch, seq, dim, mdtype, gen)
+    with torch.no_grad():
+        fused = m(residual, x, gate, shift, scale)
+        chain = m.forward_native(residual, x, gate, shift, scale)
+    for got, want in zip(fused, chain):
+        assert got.dtype == x_dtype
+        assert torch.equal(got, want), (got != want).sum().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+def test_fused_modules_match_the_uncached_reference_at_wan_shape():
+    dim, seq = 5120, 1560
+    gen = torch.Generator().manual_seed(3)
+    m = ln.ScaleResidualLayerNormScaleShift(dim, eps=1e-6, elementwise_affine=True)
+    m = m.cuda()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    e = torch.randn(1, 6, dim, generator=gen).cuda()
+    shift, scale, gate = e.chunk(6, dim=1)[:3]
+    residual = torch.randn(1, seq, dim, generator=gen).cuda().bfloat16()
+    x = torch.randn(1, seq, dim, generator=gen).cuda().bfloat16()
+    with torch.no_grad():
+        out, res_out = m(residual, x, gate, shift, scale)
+    r = residual + x * gate
+    normed = reference(r, (dim,), m.norm.weight, m.norm.bias, m.norm.eps)
+    want = (normed * (1 + scale) + shift).bfloat16()
+    assert torch.equal(res_out, r.bfloat16())
+    assert torch.equal(out, want)
+
+
+def test_cpu_stays_on_the_cached_route():
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for params in PARAMS:
+            m = make_norm(64, dtype, params, device="cpu")
+            x = torch.randn(3, 64).to(dtype)
+            assert ln.fp32_layer_norm_path(x, (64,), m.weight, m.bias) == "cached"
+            with torch.no_grad():
+                assert torch.equal(m(x), reference(x, (64,), m.weight, m.bias, m.eps))
+            if m.weight is not None and m.weight.dtype != torch.float32:
+                assert "_weight_fp32_cache" in vars(m)
+
+
+def test_cpu_fused_modules_take_the_native_chain():
+    m = ln.ScaleResidualLayerNormScaleShift(64, elementwise_affine=True)
+    x = torch.randn(1, 8, 64).bfloat16()
+    assert not ln._fused_kernel_ok(m.norm, x, x, x)
+    with torch.no_grad():
+        assert ln._fused_norm_modulate(m, x, x, x, residual=x, gate=x) is None
+
+
+def test_reference_switch_bypasses_cache_and_fast_paths(monkeypatch):
+    monkeypatch.setattr(ln, "_FORCE_REFERENCE", True)
+    m = make_norm(64, torch.bfloat16, "same", device="cpu")
+    x = torch.randn(5, 64).bfloat16()
+    assert ln.fp32_layer_norm_path(x, (64,), m.weight, m.bias) == "reference"
+    with torch.no_grad():
+        assert torch.equal(m(x), reference(x, (64,), m.weight, m.bias, m.eps))
+    assert "_weight_fp32_cache" not in vars(m)
+
+
+@pytest.mark.parametrize("value,expected", [("1", "reference"), ("0", "cached")])
+def test_reference_switch_is_read_from_the_environment(value, expected):
+    code = textwrap.dedent(
+        """
+        import torch
+        from sglang.multimodal_gen.runtime.layers import layernorm as ln
+        m = ln.FP32LayerNorm(8)
+        x = torch.randn(2, 8)
+        print(ln.fp32_layer_norm_path(x, (8,), m.weight, m.bias))
+        """
+    )
+    env = dict(os.environ, **{ln.FP32_LAYERNORM_REFERENCE_ENV: value})
+    # this tree's python/ dir first, so the child imports the same module
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(ln.__file__).parents[4])] + sys.path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def test_proof_registry_rejects_a_mismatching_fast_path():
+    registry = ln._ProofRegistry()
+    cpu = torch.device("cpu")
+
+    def make_inputs():
+        return (torch.arange(4.0),)
+
+    def wrong(x):
+        return x + 1
+
+    with pytest.warns(RuntimeWarning, match="not bit-identical"):
+        assert registry.proven(("k",), cpu, wrong, torch.clone, make_inputs) is False
+    # the verdict is remembered: no second check, no second warning
+    assert registry.proven(("k",), cpu, wrong, torch.clone, make_inputs) is False
+    assert registry.proven(("ok",), cpu, torch.clone, torch.clone, make_inputs) is True
