@@ -310,7 +310,9 @@ if triton is not None:
         v = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_RESIDUAL:
             if HAS_GATE:
-                g = _load_modulation(GATE, bi, li, cols, mask, g_sb, g_sf, g_sd, g_frame)
+                g = _load_modulation(
+                    GATE, bi, li, cols, mask, g_sb, g_sf, g_sd, g_frame
+                )
                 v = _round_to(v * g, G1_RND)
             res = tl.load(RES + row * stride_res + cols, mask=mask, other=0.0)
             v = _round_to(res.to(tl.float32) + v, R_RND)
