@@ -18,21 +18,25 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config._skipped_gpu_tests = []
-    if config.getoption("--require-cuda"):
+    _CONFIG[:] = [config]
+    is_worker = hasattr(config, "workerinput")  # a pytest-xdist worker
+    if config.getoption("--require-cuda") and not is_worker:
         import torch
 
         if not torch.cuda.is_available():
             raise pytest.UsageError("--require-cuda given but CUDA is not available")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and item.get_closest_marker("gpu") is not None:
-        if item.get_closest_marker("multi_gpu") is not None and _gpu_count() < 2:
-            return  # a one-GPU runner cannot run these; the two-GPU runner does
-        item.config._skipped_gpu_tests.append(item.nodeid)
+def pytest_runtest_logreport(report):
+    # runs in the controlling process also under pytest-xdist
+    if not report.skipped or "gpu" not in report.keywords:
+        return
+    if "multi_gpu" in report.keywords and _gpu_count() < 2:
+        return  # a one-GPU runner cannot run these; the two-GPU runner does
+    _CONFIG[0]._skipped_gpu_tests.append(report.nodeid)
+
+
+_CONFIG: list = []
 
 
 def _gpu_count() -> int:

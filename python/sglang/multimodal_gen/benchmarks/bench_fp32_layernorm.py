@@ -284,15 +284,15 @@ def run_case(case: Case, device, bandwidth: float) -> list[Result]:
     return results
 
 
-def default_cases(device, quick: bool) -> list[Case]:
+def default_cases(device, quick: bool, dtypes=None) -> list[Case]:
     if device.type == "cuda" and not quick:
         shapes = list(itertools.product(CUDA_TOKENS, CUDA_DIMS))
-        dtypes = (torch.bfloat16, torch.float16)
+        dtypes = dtypes or (torch.bfloat16, torch.float16)
     elif device.type == "cuda":
         shapes = [(257, 1280), (32760, 1536), (32760, 5120), (75600, 5120)]
-        dtypes = (torch.bfloat16,)
+        dtypes = dtypes or (torch.bfloat16,)
     else:
-        shapes, dtypes = list(CPU_SHAPES), (torch.bfloat16,)
+        shapes, dtypes = list(CPU_SHAPES), dtypes or (torch.bfloat16,)
     cases = []
     for (tokens, dim), dtype in itertools.product(shapes, dtypes):
         for pdtype in (dtype, torch.float32, None):
@@ -316,14 +316,14 @@ def progress(items, desc):
 
 def format_table(results: list[Result]) -> str:
     header = (
-        f"{'case':<58} {'variant':<9} {'path':<13} {'ms':>9} {'x floor':>8} "
+        f"{'case':<60} {'variant':<9} {'path':<13} {'ms':>9} {'x floor':>8} "
         f"{'vs pre':>7} {'exact':>5} {'ulp':>4}"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         speed = "" if r.speedup_vs_preport is None else f"{r.speedup_vs_preport:.2f}x"
         lines.append(
-            f"{r.case:<58} {r.variant:<9} {r.path:<13} {r.ms:>9.4f} "
+            f"{r.case:<60} {r.variant:<9} {r.path:<13} {r.ms:>9.4f} "
             f"{r.x_floor:>7.2f}x {speed:>7} {'yes' if r.bit_identical else 'NO':>5} "
             f"{r.max_ulp:>4}"
         )
@@ -371,6 +371,9 @@ def parse_args(argv):
         "--shapes",
         help="override shapes as TOKENSxDIM,... (e.g. 257x1280,32760x5120)",
     )
+    parser.add_argument(
+        "--dtypes", help="input dtypes, comma-separated (bf16,fp16; default per mode)"
+    )
     parser.add_argument("--json", help="write all results and metadata here")
     parser.add_argument("--plot", help="write a time-vs-bytes PNG here")
     return parser.parse_args(argv)
@@ -382,7 +385,9 @@ def main(argv=None) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    cases = default_cases(device, args.quick)
+    by_name = {name: dtype for dtype, name in DTYPE_NAMES.items()}
+    dtypes = [by_name[d] for d in args.dtypes.split(",")] if args.dtypes else None
+    cases = default_cases(device, args.quick, dtypes)
     if args.shapes:
         wanted = {tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")}
         cases = [c for c in cases if (c.tokens, c.dim) in wanted]

@@ -397,19 +397,41 @@ if triton is not None:
         R_RND: tl.constexpr,
         ONLINE_FMA: tl.constexpr,
         CONST_K: tl.constexpr,
+        COLUMN_LOADS: tl.constexpr,
     ):  # fmt: skip
         # iteration k of ATen's per-thread loop: lane t takes vector k * 128 + t
         vidx = k * 128 + lanes
         active = vidx < N // 4
-        cols = vidx[:, None] * 4 + vec[None, :]
-        mask = active[:, None]
-        v = _norm_input_tile(
-            X, RES, GATE, row, bi, li, cols, mask, stride_x, stride_res,
-            g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
-        )  # fmt: skip
-        v02, v13 = tl.split(tl.reshape(v, (128, 2, 2)))
-        v0, v2 = tl.split(v02)
-        v1, v3 = tl.split(v13)
+        if COLUMN_LOADS:
+            # four [128] loads, one per vector element: no layout conversion (and
+            # so no barrier) between iterations, letting loads run ahead
+            base = vidx * 4
+            v0 = _norm_input_tile(
+                X, RES, GATE, row, bi, li, base, active, stride_x, stride_res,
+                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
+            )  # fmt: skip
+            v1 = _norm_input_tile(
+                X, RES, GATE, row, bi, li, base + 1, active, stride_x, stride_res,
+                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
+            )  # fmt: skip
+            v2 = _norm_input_tile(
+                X, RES, GATE, row, bi, li, base + 2, active, stride_x, stride_res,
+                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
+            )  # fmt: skip
+            v3 = _norm_input_tile(
+                X, RES, GATE, row, bi, li, base + 3, active, stride_x, stride_res,
+                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
+            )  # fmt: skip
+        else:
+            cols = vidx[:, None] * 4 + vec[None, :]
+            v = _norm_input_tile(
+                X, RES, GATE, row, bi, li, cols, active[:, None], stride_x,
+                stride_res, g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE,
+                G1_RND, R_RND,
+            )  # fmt: skip
+            v02, v13 = tl.split(tl.reshape(v, (128, 2, 2)))
+            v0, v2 = tl.split(v02)
+            v1, v3 = tl.split(v13)
         if CONST_K:
             # unrolled: 1/count folds to a constant, rounded once to fp32
             r0 = 1.0 / (4 * k + 1)
@@ -478,6 +500,7 @@ if triton is not None:
         MERGE_M2_FMA: tl.constexpr,
         OUT_FMA: tl.constexpr,
         DYN_LOOP: tl.constexpr,
+        COLUMN_LOADS: tl.constexpr,
     ):
         """One row per program: [residual + gate * x ->] fp32 LayerNorm [-> modulate].
 
@@ -502,6 +525,7 @@ if triton is not None:
                     X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
                     stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
                     HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, False,
+                    COLUMN_LOADS,
                 )  # fmt: skip
         else:
             for k in tl.static_range(ITERS):
@@ -509,6 +533,7 @@ if triton is not None:
                     X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
                     stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
                     HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, True,
+                    COLUMN_LOADS,
                 )  # fmt: skip
 
         mean, m2, n = _merge_halves(mean, m2, n, 4, 16, MERGE_MEAN_FMA, MERGE_M2_FMA)
@@ -583,7 +608,7 @@ _ATEN_REPLAY = {
 }
 
 # Performance knobs of _fp32_norm_kernel that do not change results.
-_KERNEL_TUNING = {"DYN_LOOP": True}
+_KERNEL_TUNING = {"DYN_LOOP": False, "COLUMN_LOADS": True}
 
 # rows of at most this many elements fit the kernel's unrolled per-lane loop
 _KERNEL_MAX_D = 8192
