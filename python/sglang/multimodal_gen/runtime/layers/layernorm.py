@@ -647,9 +647,14 @@ class _Modulation:
     ``[B|1, L|1, D|1]`` and per-frame ``[B, F, 1, D]`` (``L % F == 0``).
     """
 
-    __slots__ = ("tensor", "strides", "frame")
+    __slots__ = ("tensor", "strides", "frame", "dtype")
+
+    @classmethod
+    def of(cls, t, batch: int, seq_len: int, dim: int) -> "_Modulation":
+        return t if isinstance(t, cls) else cls(t, batch, seq_len, dim)
 
     def __init__(self, t: torch.Tensor, batch: int, seq_len: int, dim: int):
+        self.dtype = t.dtype
         if t.numel() == 1:
             v = t.reshape(1, 1, 1)
         elif t.dim() == 1:
@@ -721,16 +726,16 @@ def _launch_fp32_norm(
         res2 = residual.reshape(rows, dim).contiguous()
         res_out = torch.empty_like(x2)
         if gate is not None:
-            mods["g"] = _Modulation(gate, batch, seq_len, dim)
-            g1_dtype = torch.promote_types(x.dtype, gate.dtype)
+            mods["g"] = _Modulation.of(gate, batch, seq_len, dim)
+            g1_dtype = torch.promote_types(x.dtype, mods["g"].dtype)
         r_dtype = torch.promote_types(residual.dtype, g1_dtype)
     s_dtype = m1_dtype = m_dtype = r_dtype
     if scale is not None:
-        mods["sc"] = _Modulation(scale, batch, seq_len, dim)
-        mods["sh"] = _Modulation(shift, batch, seq_len, dim)
-        s_dtype = scale.dtype
+        mods["sc"] = _Modulation.of(scale, batch, seq_len, dim)
+        mods["sh"] = _Modulation.of(shift, batch, seq_len, dim)
+        s_dtype = mods["sc"].dtype
         m1_dtype = torch.promote_types(r_dtype, s_dtype)
-        m_dtype = torch.promote_types(m1_dtype, shift.dtype)
+        m_dtype = torch.promote_types(m1_dtype, mods["sh"].dtype)
     stats = (
         torch.empty(rows, device=x.device, dtype=torch.float32) if store_stats else None
     )
@@ -817,6 +822,10 @@ class _ProofRegistry:
         self._verdicts: dict = {}
         # re-entrant: a reference may itself run through FP32LayerNorm
         self._lock = threading.RLock()
+
+    def verdict(self, key) -> Optional[bool]:
+        """The recorded verdict, without checking (``None``: not checked yet)."""
+        return self._verdicts.get(key)
 
     def proven(self, key, device, fast_fn, ref_fn, make_inputs) -> bool:
         verdict = self._verdicts.get(key)
@@ -916,6 +925,14 @@ def fp32_layer_norm_path(
     return "cached"
 
 
+def _triton_layer_norm(x, normalized_shape, weight, bias, eps):
+    y = _launch_fp32_norm(x.reshape(-1, normalized_shape[-1]), weight, bias, eps)
+    return y.view(x.shape)
+
+
+_SINGLE_PASS = {"aten_reduced": F.layer_norm, "triton": _triton_layer_norm}
+
+
 def _single_pass_fp32_layer_norm(
     x: torch.Tensor,
     normalized_shape: Tuple[int, ...],
@@ -925,35 +942,27 @@ def _single_pass_fp32_layer_norm(
 ) -> Optional[torch.Tensor]:
     """One pass over ``x`` where a path is proven here; ``None`` otherwise."""
     path = fp32_layer_norm_path(x, normalized_shape, weight, bias)
-    if path == "aten_reduced":
-        fast = F.layer_norm
-    elif path == "triton":
-
-        def fast(x_, shape_, w_, b_, eps_):
-            y = _launch_fp32_norm(x_.reshape(-1, shape_[-1]), w_, b_, eps_)
-            return y.view(x_.shape)
-
-    else:
+    fast = _SINGLE_PASS.get(path)
+    if fast is None:
         return None
-    dim = normalized_shape[-1]
-    key = (path, x.device, x.dtype, tuple(normalized_shape), _dtype_of(weight),
-           _dtype_of(bias))  # fmt: skip
+    shape = tuple(normalized_shape)
+    key = (path, x.device, x.dtype, shape, _dtype_of(weight), _dtype_of(bias))
+    if not _PROOFS.verdict(key):
 
-    def make_inputs():
-        gen = torch.Generator(device=x.device).manual_seed(1245)
-        rows = 257
-        cx = _random_like_row(rows, dim, x.dtype, x.device, gen)
-        cx = cx.view(rows, *normalized_shape)
-        cw, cb = _calibration_params(weight, bias, dim, x.device, gen)
-        if cw is not None:
-            cw = cw.view(normalized_shape)
-        if cb is not None:
-            cb = cb.view(normalized_shape)
-        return cx, tuple(normalized_shape), cw, cb, eps
+        def make_inputs():
+            gen = torch.Generator(device=x.device).manual_seed(1245)
+            rows, dim = 257, shape[-1]
+            cx = _random_like_row(rows, dim, x.dtype, x.device, gen)
+            cw, cb = _calibration_params(weight, bias, dim, x.device, gen)
+            cw = None if cw is None else cw.view(shape)
+            cb = None if cb is None else cb.view(shape)
+            return cx.view(rows, *shape), shape, cw, cb, eps
 
-    if not _PROOFS.proven(key, x.device, fast, reference_fp32_layer_norm, make_inputs):
-        return None
-    return fast(x, tuple(normalized_shape), weight, bias, eps)
+        if not _PROOFS.proven(
+            key, x.device, fast, reference_fp32_layer_norm, make_inputs
+        ):
+            return None
+    return fast(x, shape, weight, bias, eps)
 
 
 def _dtype_of(t: Optional[torch.Tensor]) -> Optional[torch.dtype]:
@@ -1230,55 +1239,59 @@ def _fused_norm_modulate(
     if residual is not None and residual.shape != x.shape:
         return None
     batch, seq_len, dim = x.shape
+    mods = []
     try:
-        for t in (scale, shift) + (() if gate is None else (gate,)):
-            _Modulation(t, batch, seq_len, dim)
+        for t in (scale, shift, gate):
+            mods.append(None if t is None else _Modulation(t, batch, seq_len, dim))
     except ValueError:
-        return None
+        return None  # a layout the kernel does not read; native decides
+    key = ("fused", x.device, x.dtype, dim, _dtype_of(norm.weight),
+           _dtype_of(norm.bias), _dtype_of(residual), _dtype_of(gate),
+           scale.dtype, shift.dtype)  # fmt: skip
+    if not _PROOFS.verdict(key):
 
-    def fast(x_, w_, b_, eps_, res_, gate_, scale_, shift_):
-        return _launch_fp32_norm(
-            x_, w_, b_, eps_, residual=res_, gate=gate_, scale=scale_, shift=shift_
-        )
+        def make_inputs():
+            gen = torch.Generator(device=x.device).manual_seed(1245)
+            rows = 257
 
-    def ref(x_, w_, b_, eps_, res_, gate_, scale_, shift_):
-        def norm_fn(t):
-            return reference_fp32_layer_norm(t, (dim,), w_, b_, eps_)
+            def rnd(dtype):
+                t = _random_like_row(1, rows * dim, dtype, x.device, gen)
+                return t.view(1, rows, dim)
 
-        if res_ is None:
-            return _norm_modulate_native(norm_fn, x_, shift_, scale_)
-        return _residual_norm_modulate_native(
-            norm_fn, res_, x_, 1 if gate_ is None else gate_, shift_, scale_
-        )
+            def mod_like(t):
+                return None if t is None else (rnd(t.dtype)[:, :1] * 0.3).contiguous()
 
-    def dt(t):
-        return None if t is None else t.dtype
+            cw, cb = _calibration_params(norm.weight, norm.bias, dim, x.device, gen)
+            cres = None if residual is None else rnd(residual.dtype)
+            return (rnd(x.dtype), cw, cb, norm.eps, cres, mod_like(gate),
+                    mod_like(scale), mod_like(shift))  # fmt: skip
 
-    key = ("fused", x.device, x.dtype, dim, dt(norm.weight), dt(norm.bias),
-           dt(residual), dt(gate), dt(scale), dt(shift))  # fmt: skip
+        if not _PROOFS.proven(
+            key, x.device, _fused_fast, _fused_reference, make_inputs
+        ):
+            return None
+    scale_m, shift_m, gate_m = mods
+    return _fused_fast(
+        x, norm.weight, norm.bias, norm.eps, residual, gate_m, scale_m, shift_m
+    )
 
-    def make_inputs():
-        gen = torch.Generator(device=x.device).manual_seed(1245)
-        rows = 257
 
-        def rnd(dtype, cols=dim):
-            return _random_like_row(1, rows * cols, dtype, x.device, gen).view(
-                1, rows, cols
-            )
+def _fused_fast(x, weight, bias, eps, residual, gate, scale, shift):
+    return _launch_fp32_norm(
+        x, weight, bias, eps, residual=residual, gate=gate, scale=scale, shift=shift
+    )
 
-        def mod_like(t):
-            if t is None:
-                return None
-            return (rnd(t.dtype)[:, :1, :] * 0.3).contiguous()
 
-        cw, cb = _calibration_params(norm.weight, norm.bias, dim, x.device, gen)
-        cres = None if residual is None else rnd(residual.dtype)
-        return (rnd(x.dtype), cw, cb, norm.eps, cres, mod_like(gate),
-                mod_like(scale), mod_like(shift))  # fmt: skip
+def _fused_reference(x, weight, bias, eps, residual, gate, scale, shift):
+    """The eager chain with the uncached reference LayerNorm."""
 
-    if not _PROOFS.proven(key, x.device, fast, ref, make_inputs):
-        return None
-    return fast(x, norm.weight, norm.bias, norm.eps, residual, gate, scale, shift)
+    def norm_fn(t):
+        return reference_fp32_layer_norm(t, (t.shape[-1],), weight, bias, eps)
+
+    if residual is None:
+        return _norm_modulate_native(norm_fn, x, shift, scale)
+    gate = 1 if gate is None else gate
+    return _residual_norm_modulate_native(norm_fn, residual, x, gate, shift, scale)
 
 
 def _norm_modulate_native(norm, x, shift, scale):
