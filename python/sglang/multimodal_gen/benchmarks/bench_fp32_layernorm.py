@@ -233,8 +233,12 @@ def reference_outputs(case: Case, m, args) -> tuple:
 def path_name(case: Case, m, args) -> str:
     if case.module == "FP32LayerNorm":
         return ln.fp32_layer_norm_path(args[0], (case.dim,), m.weight, m.bias)
-    x = args[1] if case.module.startswith("ScaleResidual") else args[0]
-    ok = ln._fused_kernel_ok(m.norm, x, *args)
+    if case.module.startswith("ScaleResidual"):
+        residual, x, gate, shift, scale = args
+        ok = ln._fused_kernel_ok(m.norm, x, residual, gate, shift, scale)
+    else:
+        x, shift, scale = args
+        ok = ln._fused_kernel_ok(m.norm, x, None, shift, scale)
     return "fused-triton" if ok else "native"
 
 

@@ -21,6 +21,13 @@ from sglang.multimodal_gen.runtime.layers import layernorm as ln
 HAS_CUDA = torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(ln.triton is None, reason="needs Triton")
 
+
+@pytest.fixture
+def triton_at_any_size(monkeypatch):
+    """Route even small test inputs to the Triton kernels (normally size-gated)."""
+    monkeypatch.setattr(ln, "_TRITON_MIN_ELEMENTS", 0)
+
+
 SWEEP_DIMS = (8, 64, 100, 320, 1000, 1280, 1536, 3072, 4096, 5120, 8192, 12288)
 PARAMS = ("same", "fp32", "none", "weight-only")
 
@@ -71,6 +78,7 @@ def layouts(rows, dim, dtype, device, gen):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("params", PARAMS)
 @pytest.mark.parametrize("dim", SWEEP_DIMS)
+@pytest.mark.usefixtures("triton_at_any_size")
 def test_fp32_layer_norm_cuda_sweep_is_bit_identical(dim, params, dtype):
     m = make_norm(dim, dtype, params)
     gen = torch.Generator().manual_seed(dim)
@@ -95,6 +103,7 @@ def test_fp32_layer_norm_cuda_sweep_is_bit_identical(dim, params, dtype):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.usefixtures("triton_at_any_size")
 def test_triton_path_is_proven_and_used(dtype, monkeypatch):
     m = make_norm(5120, dtype, "fp32")
     x = torch.randn(4, 77, 5120, device="cuda").to(dtype)
@@ -159,6 +168,7 @@ MOD_LAYOUTS = ("scalar", "[D]", "[B,D]", "[1,1,D]", "[B,1,D]", "[B,L,D]",
 @pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("mod_dtype", [torch.float32, "same"])
 @pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.usefixtures("triton_at_any_size")
 def test_fused_norm_scale_shift_equals_chain(x_dtype, mod_dtype, affine):
     mdtype = x_dtype if mod_dtype == "same" else mod_dtype
     dim, batch, seq = 1280, 2, 64
@@ -187,6 +197,7 @@ def test_fused_norm_scale_shift_equals_chain(x_dtype, mod_dtype, affine):
 @pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("mod_dtype", [torch.float32, "same"])
 @pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.usefixtures("triton_at_any_size")
 def test_fused_scale_residual_equals_chain(gate_layout, x_dtype, mod_dtype, affine):
     mdtype = x_dtype if mod_dtype == "same" else mod_dtype
     dim, batch, seq = 1536, 2, 96
@@ -237,6 +248,24 @@ def test_fused_modules_match_the_uncached_reference_at_wan_shape():
     assert torch.equal(out, want)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+def test_small_inputs_skip_the_triton_launch():
+    m = make_norm(1280, torch.bfloat16, "fp32")
+    small = torch.randn(257, 1280, device="cuda").bfloat16()
+    large = torch.empty(ln._TRITON_MIN_ELEMENTS // 1280 + 1, 1280, device="cuda")
+    large = large.bfloat16()
+    assert ln.fp32_layer_norm_path(small, (1280,), m.weight, m.bias) == "cached"
+    assert ln.fp32_layer_norm_path(large, (1280,), m.weight, m.bias) == "triton"
+    with torch.no_grad():
+        assert torch.equal(m(small), reference(small, (1280,), m.weight, m.bias, m.eps))
+    lss = ln.LayerNormScaleShift(1280).cuda()
+    mod = torch.zeros(1, 1, 1280, device="cuda")
+    with torch.no_grad():
+        assert ln._fused_norm_modulate(lss, small[None], mod, mod) is None
+
+
 def test_cpu_stays_on_the_cached_route():
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for params in PARAMS:
@@ -252,7 +281,7 @@ def test_cpu_stays_on_the_cached_route():
 def test_cpu_fused_modules_take_the_native_chain():
     m = ln.ScaleResidualLayerNormScaleShift(64, elementwise_affine=True)
     x = torch.randn(1, 8, 64).bfloat16()
-    assert not ln._fused_kernel_ok(m.norm, x, x, x)
+    assert not ln._fused_kernel_ok(m.norm, x, x, x, x)
     with torch.no_grad():
         assert ln._fused_norm_modulate(m, x, x, x, residual=x, gate=x) is None
 
