@@ -334,6 +334,77 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+# (label, module, tokens, dim, params filter, limit, unit) from the fast-path issue;
+# "x" limits are ratios to the floor, "ms" limits absolute medians
+TARGETS = (
+    ("single pass 32760x1536", "FP32LayerNorm", (32760,), 1536, ("same", "none"),
+     1.3, "x"),
+    ("single pass 32760x5120", "FP32LayerNorm", (32760,), 5120, ("same", "none"),
+     1.2, "x"),
+    ("single pass 75600x5120", "FP32LayerNorm", (75600,), 5120, ("same", "none"),
+     1.2, "x"),
+    ("single pass 257x1280", "FP32LayerNorm", (257,), 1280, ("same", "none"),
+     0.007, "ms"),
+    ("bf16/fp16 input + fp32 params (32760, 75600 tokens)", "FP32LayerNorm",
+     (32760, 75600), None, ("fp32",), 1.5, "x"),
+    ("fused residual+norm+mod 32760x5120", "ScaleResidualLayerNormScaleShift",
+     (32760,), 5120, None, 1.3, "x"),
+)  # fmt: skip
+
+
+def target_rows(results: list[Result]) -> list[tuple]:
+    """(label, limit, worst measured, met, cases) per target, over default rows."""
+    rows = []
+    for label, module, tokens, dim, params, limit, unit in TARGETS:
+        hits = [
+            r
+            for r in results
+            if r.variant == "default"
+            and r.module == module
+            and r.tokens in tokens
+            and dim in (None, r.dim)
+            and (
+                params is None
+                or ("same" in params and r.params == r.dtype)
+                or r.params in params
+            )
+        ]
+        if not hits:
+            continue
+        worst = max(hits, key=lambda r: r.ms if unit == "ms" else r.x_floor)
+        value = worst.ms if unit == "ms" else worst.x_floor
+        rows.append((label, f"{limit}{unit}", f"{value:.4g}{unit}", value <= limit,
+                     worst.case))  # fmt: skip
+    return rows
+
+
+def markdown(results: list[Result], meta: dict) -> str:
+    lines = [
+        f"Measured on **{meta['device']}**, torch {meta['torch']}, Triton "
+        f"{meta['triton']}, copy ceiling {meta['copy_GBps']:.0f} GB/s "
+        "(read + write), by `bench_fp32_layernorm.py`.",
+        "",
+        "| target | limit | measured (worst case) | met | case |",
+        "|---|---|---|---|---|",
+    ]
+    for label, limit, value, met, case in target_rows(results):
+        lines.append(f"| {label} | {limit} | {value} | {'yes' if met else 'NO'} | "
+                     f"{case} |")  # fmt: skip
+    lines += [
+        "",
+        "| case | variant | path | ms | x floor | vs pre-port | bit-identical | "
+        "max ulp |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        speed = "" if r.speedup_vs_preport is None else f"{r.speedup_vs_preport:.2f}x"
+        lines.append(
+            f"| {r.case} | {r.variant} | {r.path} | {r.ms:.4f} | {r.x_floor:.2f}x | "
+            f"{speed} | {'yes' if r.bit_identical else 'NO'} | {r.max_ulp} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot(results: list[Result], bandwidth: float, path: str, title: str) -> None:
     import matplotlib
 
@@ -380,6 +451,7 @@ def parse_args(argv):
     )
     parser.add_argument("--json", help="write all results and metadata here")
     parser.add_argument("--plot", help="write a time-vs-bytes PNG here")
+    parser.add_argument("--markdown", help="write the tables as Markdown here")
     return parser.parse_args(argv)
 
 
@@ -427,6 +499,9 @@ def main(argv=None) -> int:
             )
     if args.plot:
         plot(results, bandwidth, args.plot, title)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(results, meta))
     return 0 if all(r.bit_identical for r in results) else 1
 
 
