@@ -5,6 +5,9 @@
 
 Runs with torch alone. Triton, when importable, adds single-pass CUDA kernels that
 are bit-identical to the fp32 reference; everything else takes PyTorch paths.
+Unlike upstream, no native path is wrapped in ``torch.compile``: the native paths
+are the eager references the CUDA kernels are checked against bit for bit (users
+may still compile whole models; FP32LayerNorm stays exact there too).
 """
 
 import threading
@@ -266,7 +269,7 @@ def _is_capturing(device: torch.device) -> bool:
 
 
 ################################################################################
-# CUDA single-pass paths (bit-identical to the reference; see _proven)
+# CUDA single-pass paths (bit-identical to the reference; see _ProofRegistry)
 ################################################################################
 if triton is not None:
 
