@@ -1117,18 +1117,15 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
             state.pop(attr, None)
         return state
 
-    def _fp32_params(self, device: torch.device):
-        weight = self._cached_fp32_param("_weight_fp32_cache", self.weight, device)
-        bias = self._cached_fp32_param("_bias_fp32_cache", self.bias, device)
-        return weight, bias
-
     def forward_native(self, inputs: torch.Tensor) -> torch.Tensor:
         _check_layer_norm_input(inputs, self.normalized_shape)
         if torch.compiler.is_compiling() and not torch.is_grad_enabled():
             return _compiled_fp32_layer_norm(
                 inputs, list(self.normalized_shape), self.weight, self.bias, self.eps
             )
-        weight, bias = self._fp32_params(inputs.device)
+        device = inputs.device
+        weight = self._cached_fp32_param("_weight_fp32_cache", self.weight, device)
+        bias = self._cached_fp32_param("_bias_fp32_cache", self.bias, device)
         return _fp32_layer_norm(inputs, self.normalized_shape, weight, bias, self.eps)
 
     def forward_cuda(self, inputs: torch.Tensor) -> torch.Tensor:
