@@ -452,11 +452,35 @@ def parse_args(argv):
     parser.add_argument("--json", help="write all results and metadata here")
     parser.add_argument("--plot", help="write a time-vs-bytes PNG here")
     parser.add_argument("--markdown", help="write the tables as Markdown here")
+    parser.add_argument(
+        "--from-json",
+        help="re-render --markdown/--plot from a saved --json run (no timing)",
+    )
     return parser.parse_args(argv)
+
+
+def render_saved(args) -> int:
+    with open(args.from_json) as f:
+        saved = json.load(f)
+    meta, results = saved["meta"], [Result(**r) for r in saved["results"]]
+    bandwidth = meta["copy_GBps"] * 1e9
+    print(format_table(results))
+    if args.plot:
+        title = (
+            f"{meta['device']}, torch {meta['torch']}, copy ceiling "
+            f"{meta['copy_GBps']:.0f} GB/s"
+        )
+        plot(results, bandwidth, args.plot, title)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(results, meta))
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return render_saved(args)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
