@@ -20,6 +20,7 @@ import os
 import sys
 
 import torch
+
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 DEVICE = os.environ.get("REPLAY_DEVICE", "cuda")  # "cpu" only to smoke-test

@@ -34,6 +34,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 CUDA_TOKENS = (257, 4096, 32760, 75600)
@@ -521,6 +522,7 @@ def main(argv=None) -> int:
                 f,
                 indent=1,
             )
+            f.write("\n")
     if args.plot:
         plot(results, bandwidth, args.plot, title)
     if args.markdown:

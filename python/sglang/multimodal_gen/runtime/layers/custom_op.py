@@ -6,8 +6,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
-import sglang.multimodal_gen.runtime.platforms as platforms
 import torch.nn as nn
+
+import sglang.multimodal_gen.runtime.platforms as platforms
 
 
 class CustomOp(nn.Module):

@@ -18,9 +18,10 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+
 from sglang.multimodal_gen.runtime.layers.custom_op import CustomOp
 from sglang.multimodal_gen.runtime.utils.common import get_bool_env_var
-from torch.multiprocessing.reductions import StorageWeakRef
 
 try:
     import triton
@@ -1123,8 +1124,9 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
         return super()._apply(fn, recurse)
 
     def __getstate__(self):
-        # copies (deepcopy, pickle, torch.save) start cold, sharing nothing
-        state = self.__dict__.copy()
+        # copies (deepcopy, pickle, torch.save) start cold, sharing nothing;
+        # nn.Module's own state drops compile wrappers and is already a copy
+        state = super().__getstate__()
         for attr in self._FP32_CACHE_ATTRS.values():
             state.pop(attr, None)
         return state
@@ -1402,7 +1404,12 @@ class _ScaleResidualNormScaleShift(CustomOp):
             )
             if out is not None:
                 return out
-        return self.forward_native(residual, x, gate, shift, scale)
+        # the eager chain itself, not forward_native: a subclass (or upstream's
+        # class, under the plugin) may compile forward_native, and compiled
+        # modulation need not round like eager
+        return _residual_norm_modulate_native(
+            self.norm, residual, x, gate, shift, scale
+        )
 
 
 class ScaleResidualLayerNormScaleShift(_ScaleResidualNormScaleShift):
@@ -1443,7 +1450,7 @@ class _NormScaleShift(CustomOp):
         out = _fused_norm_modulate(self, x, scale, shift)
         if out is not None:
             return out
-        return self.forward_native(x, shift, scale)
+        return _norm_modulate_native(self.norm, x, shift, scale)
 
 
 class LayerNormScaleShift(_NormScaleShift):

@@ -2,6 +2,7 @@
 # Adapted from vLLM's CPU platform via upstream SGLang (subset).
 
 import torch
+
 from sglang.multimodal_gen.runtime.platforms.interface import Platform, PlatformEnum
 
 

@@ -3,6 +3,7 @@
 """CUDA platform. Importing this module must not initialize a CUDA context."""
 
 import torch
+
 from sglang.multimodal_gen.runtime.platforms.interface import Platform, PlatformEnum
 
 
