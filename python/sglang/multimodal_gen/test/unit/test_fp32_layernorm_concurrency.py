@@ -19,6 +19,7 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 HAS_CUDA = torch.cuda.is_available()

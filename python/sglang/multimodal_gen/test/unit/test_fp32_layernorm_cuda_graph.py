@@ -18,6 +18,7 @@ no-affine, the ATen reduced-precision path, the cached path, the Triton kernel
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 HAS_CUDA = torch.cuda.is_available()

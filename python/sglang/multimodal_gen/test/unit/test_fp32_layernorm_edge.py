@@ -20,6 +20,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 HAS_CUDA = torch.cuda.is_available()

@@ -26,6 +26,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 HAS_CUDA = torch.cuda.is_available()

@@ -6,6 +6,7 @@ where present)."""
 import pytest
 import torch
 import torch.nn.functional as F
+
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 from sglang.multimodal_gen.runtime.layers.custom_op import CustomOp
 
