@@ -15,7 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-venv=${SGLANG_COMPAT_VENV:-.ci/compat-venv}
+# absolute: the tests run from test/sglang_compat
+venv=$(realpath -m "${SGLANG_COMPAT_VENV:-.ci/compat-venv}")
 start=$(date +%s)
 say() { printf '[sglang-compat %ss] %s\n' "$(($(date +%s) - start))" "$1"; }
 
