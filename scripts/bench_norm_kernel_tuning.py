@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """A/B the arithmetic-neutral tuning knobs of ``_fp32_norm_kernel`` (CUDA only).
 
-Times every ``_KERNEL_TUNING`` combination on Wan shapes (bf16 input, fp32
+Times each ``_KERNEL_TUNING`` variant below on Wan shapes (bf16 input, fp32
 weight and bias) against the copy floor, checks each is bit-identical to the
-runtime-loop/tile-load variant, and prints the compiled kernels' registers,
-spills and shared memory. Pick the default in layernorm.py from its output.
+fp32 reference, and prints the compiled kernels' registers and spills (a
+kernel's occupancy is what these knobs move). Also times ATen's reduced
+precision kernel and the Triton kernel on bf16 parameters (the
+``"aten_reduced"`` case) and the host-side cost of one launch. Pick the default
+in layernorm.py from its output.
 
     PYTHONPATH=python python scripts/bench_norm_kernel_tuning.py [--json OUT]
 """
@@ -12,14 +15,26 @@ spills and shared memory. Pick the default in layernorm.py from its output.
 import argparse
 import itertools
 import json
+import time
 
 import torch
+import torch.nn.functional as F
 from triton.testing import do_bench
 
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 SHAPES = ((32760, 1536), (32760, 5120), (75600, 5120))
-BASELINE = {"DYN_LOOP": True, "COLUMN_LOADS": False}
+EPS = 1e-6
+
+
+def _variant(**knobs) -> dict:
+    return {**ln._KERNEL_TUNING, **knobs}
+
+
+VARIANTS = {
+    "unrolled": _variant(DYN_LOOP=False),
+    "loop": _variant(DYN_LOOP=True),
+}
 
 
 def copy_bandwidth() -> float:
@@ -29,47 +44,135 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 4 / (ms / 1e3)
 
 
+def host_launch_us(fn, calls: int = 200) -> float:
+    """Host time per call while the GPU keeps up (tiny input)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def _timed(fn, inputs) -> float:
+    return do_bench(lambda: fn(next(inputs)), return_mode="median")
+
+
+def bench_shape(tokens: int, dim: int, names, bw: float) -> list:
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    count = max(2, int(3 * l2 // (tokens * dim * 2)) + 1)
+    xs = [torch.randn(tokens, dim, device="cuda").bfloat16() for _ in range(count)]
+    w = torch.randn(dim, device="cuda")
+    b = torch.randn(dim, device="cuda")
+    w16, b16 = w.bfloat16(), b.bfloat16()
+    floor = (2 * tokens * dim * 2 + 2 * dim * 4) / bw * 1e3
+    want = {
+        "fp32": ln.reference_fp32_layer_norm(xs[0], (dim,), w, b, EPS),
+        "bf16": ln.reference_fp32_layer_norm(xs[0], (dim,), w16, b16, EPS),
+    }
+    print(f"{tokens}x{dim}: floor {floor:.4f} ms", flush=True)
+    rows = []
+
+    def record(name, fn, params):
+        same = torch.equal(fn(xs[0]), want[params])
+        ms = _timed(fn, itertools.cycle(xs))
+        print(f"  {params} params  {name:32s} {ms:.4f} ms  {ms / floor:5.2f}x floor"
+              f"{'' if same else '  DIFFERENT BITS'}", flush=True)  # fmt: skip
+        rows.append({"tokens": tokens, "dim": dim, "variant": name,
+                     "params": params, "ms": ms, "x_floor": ms / floor,
+                     "bit_identical": same})  # fmt: skip
+
+    for name in names:
+        tuning = VARIANTS[name]
+        record(
+            name,
+            lambda x, t=tuning: ln._launch_fp32_norm(x, w, b, EPS, tuning=t),
+            "fp32",
+        )
+    # the "aten_reduced" case: bf16 parameters, today served by ATen
+    record(
+        "ATen F.layer_norm", lambda x: F.layer_norm(x, (dim,), w16, b16, EPS), "bf16"
+    )
+    for name in names:
+        tuning = VARIANTS[name]
+        record(
+            name,
+            lambda x, t=tuning: ln._launch_fp32_norm(x, w16, b16, EPS, tuning=t),
+            "bf16",
+        )
+    return rows
+
+
+def bench_fused(tokens: int, dim: int, names, bw: float) -> list:
+    """residual + gate * x -> norm -> (1 + scale) * y + shift, Wan's [1, 1, D] fp32."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    count = max(2, int(3 * l2 // (2 * tokens * dim * 2)) + 1)
+    pairs = [
+        tuple(torch.randn(1, tokens, dim, device="cuda").bfloat16() for _ in range(2))
+        for _ in range(count)
+    ]
+    w, b = torch.randn(dim, device="cuda"), torch.randn(dim, device="cuda")
+    gate, scale, shift = (torch.randn(1, 1, dim, device="cuda") for _ in range(3))
+    floor = (4 * tokens * dim * 2 + 5 * dim * 4) / bw * 1e3
+    print(f"fused {tokens}x{dim}: floor {floor:.4f} ms", flush=True)
+    rows = []
+    want = None
+    for name in names:
+        tuning = VARIANTS[name]
+
+        def run(pair, t=tuning):
+            x, res = pair
+            return ln._launch_fp32_norm(x, w, b, EPS, residual=res, gate=gate,
+                                        scale=scale, shift=shift, tuning=t)  # fmt: skip
+
+        got = run(pairs[0])
+        want = got if want is None else want
+        same = all(torch.equal(a, c) for a, c in zip(got, want))
+        ms = _timed(run, itertools.cycle(pairs))
+        print(f"  fused  {name:32s} {ms:.4f} ms  {ms / floor:5.2f}x floor"
+              f"{'' if same else '  DIFFERENT BITS'}", flush=True)  # fmt: skip
+        rows.append({"tokens": tokens, "dim": dim, "variant": name,
+                     "params": "fp32", "fused": True, "ms": ms,
+                     "x_floor": ms / floor, "same_as_first": same})  # fmt: skip
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the timings here")
+    parser.add_argument(
+        "--variants", help="comma-separated subset of VARIANTS (default: all)"
+    )
     args = parser.parse_args(argv)
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} "
           f"copy {bw / 1e9:.0f} GB/s")  # fmt: skip
     rows = []
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     for tokens, dim in SHAPES:
-        count = max(1, int(3 * l2 // (tokens * dim * 2)))
-        xs = [torch.randn(tokens, dim, device="cuda").bfloat16() for _ in range(count)]
-        w = torch.randn(dim, device="cuda")
-        b = torch.randn(dim, device="cuda")
-        floor = (2 * tokens * dim * 2 + 2 * dim * 4) / bw * 1e3
-        inputs = itertools.cycle(xs)
-        line = [f"{tokens}x{dim} floor {floor:.4f} ms"]
-        want = ln._launch_fp32_norm(xs[0], w, b, 1e-6, tuning=BASELINE)
-        for dyn, col in itertools.product((False, True), (False, True)):
-            tuning = {"DYN_LOOP": dyn, "COLUMN_LOADS": col}
-            same = torch.equal(
-                ln._launch_fp32_norm(xs[0], w, b, 1e-6, tuning=tuning), want
-            )
-            ms = do_bench(
-                lambda t=tuning, it=inputs, w=w, b=b: ln._launch_fp32_norm(
-                    next(it), w, b, 1e-6, tuning=t
-                ),
-                return_mode="median",
-            )
-            line.append(f"dyn={int(dyn)} col={int(col)}: {ms:.4f} ms "
-                        f"({ms / floor:.2f}x){'' if same else ' DIFFERENT BITS'}")  # fmt: skip
-            rows.append({"tokens": tokens, "dim": dim, "tuning": tuning, "ms": ms,
-                         "x_floor": ms / floor, "bit_identical": same})  # fmt: skip
-        print(" | ".join(line), flush=True)
+        rows += bench_shape(tokens, dim, names, bw)
+    rows += bench_fused(32760, 5120, names, bw)
     for caches in ln._fp32_norm_kernel.device_caches.values():
         for kernel in caches[0].values():
             print(f"compiled: regs {kernel.n_regs} spills {kernel.n_spills} "
                   f"smem {kernel.metadata.shared}")  # fmt: skip
+    x = torch.randn(257, 1280, device="cuda").bfloat16()
+    w, b = torch.randn(1280, device="cuda"), torch.randn(1280, device="cuda")
+    w16, b16 = w.bfloat16(), b.bfloat16()
+    launch = {
+        "triton launch (257x1280)": host_launch_us(
+            lambda: ln._launch_fp32_norm(x, w, b, EPS)
+        ),
+        "ATen bf16 F.layer_norm (257x1280)": host_launch_us(
+            lambda: F.layer_norm(x, (1280,), w16, b16, EPS)
+        ),
+    }
+    for name, us in launch.items():
+        print(f"host us/call {name}: {us:.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"rows": rows, "host_us": launch}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -373,30 +373,45 @@ if triton is not None:
         return tl.where(nonempty, mean, 0.0), tl.where(nonempty, m2, 0.0), n
 
     @triton.jit
-    def _merge_halves(
+    def _merge_from(
         mean,
         m2,
         n,
-        OUTER: tl.constexpr,
-        HALF: tl.constexpr,
+        src,
+        AXIS: tl.constexpr,
         MEAN_FMA: tl.constexpr,
         M2_FMA: tl.constexpr,
     ):
-        # lanes viewed as [OUTER, 2, HALF]: lane h=0 receives lane h=1 (a shfl_down)
-        mean = tl.permute(tl.reshape(mean, (OUTER, 2, HALF)), (0, 2, 1))
-        m2 = tl.permute(tl.reshape(m2, (OUTER, 2, HALF)), (0, 2, 1))
-        n = tl.permute(tl.reshape(n, (OUTER, 2, HALF)), (0, 2, 1))
-        lo_mean, hi_mean = tl.split(mean)
-        lo_m2, hi_m2 = tl.split(m2)
-        lo_n, hi_n = tl.split(n)
-        mean, m2, n = _welford_merge(
-            lo_mean, lo_m2, lo_n, hi_mean, hi_m2, hi_n, MEAN_FMA, M2_FMA
-        )
-        return (
-            tl.reshape(mean, (OUTER * HALF,)),
-            tl.reshape(m2, (OUTER * HALF,)),
-            tl.reshape(n, (OUTER * HALF,)),
-        )
+        # every lane receives lane src[lane] (a shfl_down / shared-memory read)
+        return _welford_merge(
+            mean, m2, n,
+            tl.gather(mean, src, AXIS), tl.gather(m2, src, AXIS), tl.gather(n, src, AXIS),
+            MEAN_FMA, M2_FMA,
+        )  # fmt: skip
+
+    @triton.jit
+    def _merge_lanes(mean, m2, n, lanes, MEAN_FMA: tl.constexpr, M2_FMA: tl.constexpr):
+        # ATen's order: shfl_down 16..1 inside each warp, then warps 0+2, 1+3 and
+        # 0+1. Lanes other than 0 also merge (wrapped partners) but lane 0 never
+        # reads them, and only lane 0's result is used. As [4, 32] the in-warp
+        # gathers are warp-local, which Triton lowers to shuffles; reshape/split
+        # halvings instead got layouts replicated in every thread (255 registers,
+        # 3.7x the copy floor at D=5120).
+        mean = tl.reshape(mean, (4, 32))
+        m2 = tl.reshape(m2, (4, 32))
+        n = tl.reshape(n, (4, 32))
+        lane = tl.reshape(lanes, (4, 32)) % 32
+        for shift in tl.static_range(5):
+            src = (lane + (16 >> shift)) % 32
+            mean, m2, n = _merge_from(mean, m2, n, src, 1, MEAN_FMA, M2_FMA)
+        mean = tl.reshape(mean, (128,))
+        m2 = tl.reshape(m2, (128,))
+        n = tl.reshape(n, (128,))
+        mean, m2, n = _merge_from(mean, m2, n, (lanes + 64) % 128, 0, MEAN_FMA, M2_FMA)
+        mean, m2, n = _merge_from(mean, m2, n, (lanes + 32) % 128, 0, MEAN_FMA, M2_FMA)
+        # broadcast lane 0
+        first = lanes * 0
+        return tl.gather(mean, first, 0), tl.gather(m2, first, 0)
 
     @triton.jit
     def _welford_tile(
@@ -409,41 +424,19 @@ if triton is not None:
         R_RND: tl.constexpr,
         ONLINE_FMA: tl.constexpr,
         CONST_K: tl.constexpr,
-        COLUMN_LOADS: tl.constexpr,
     ):  # fmt: skip
         # iteration k of ATen's per-thread loop: lane t takes vector k * 128 + t
         vidx = k * 128 + lanes
         active = vidx < N // 4
-        if COLUMN_LOADS:
-            # four [128] loads, one per vector element: no layout conversion (and
-            # so no barrier) between iterations, letting loads run ahead
-            base = vidx * 4
-            v0 = _norm_input_tile(
-                X, RES, GATE, row, bi, li, base, active, stride_x, stride_res,
-                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
-            )  # fmt: skip
-            v1 = _norm_input_tile(
-                X, RES, GATE, row, bi, li, base + 1, active, stride_x, stride_res,
-                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
-            )  # fmt: skip
-            v2 = _norm_input_tile(
-                X, RES, GATE, row, bi, li, base + 2, active, stride_x, stride_res,
-                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
-            )  # fmt: skip
-            v3 = _norm_input_tile(
-                X, RES, GATE, row, bi, li, base + 3, active, stride_x, stride_res,
-                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
-            )  # fmt: skip
-        else:
-            cols = vidx[:, None] * 4 + vec[None, :]
-            v = _norm_input_tile(
-                X, RES, GATE, row, bi, li, cols, active[:, None], stride_x,
-                stride_res, g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE,
-                G1_RND, R_RND,
-            )  # fmt: skip
-            v02, v13 = tl.split(tl.reshape(v, (128, 2, 2)))
-            v0, v2 = tl.split(v02)
-            v1, v3 = tl.split(v13)
+        cols = vidx[:, None] * 4 + vec[None, :]
+        v = _norm_input_tile(
+            X, RES, GATE, row, bi, li, cols, active[:, None], stride_x,
+            stride_res, g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE,
+            G1_RND, R_RND,
+        )  # fmt: skip
+        v02, v13 = tl.split(tl.reshape(v, (128, 2, 2)))
+        v0, v2 = tl.split(v02)
+        v1, v3 = tl.split(v13)
         if CONST_K:
             # unrolled: 1/count folds to a constant, rounded once to fp32
             r0 = 1.0 / (4 * k + 1)
@@ -512,7 +505,6 @@ if triton is not None:
         MERGE_M2_FMA: tl.constexpr,
         OUT_FMA: tl.constexpr,
         DYN_LOOP: tl.constexpr,
-        COLUMN_LOADS: tl.constexpr,
     ):
         """One row per program: [residual + gate * x ->] fp32 LayerNorm [-> modulate].
 
@@ -537,7 +529,6 @@ if triton is not None:
                     X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
                     stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
                     HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, False,
-                    COLUMN_LOADS,
                 )  # fmt: skip
         else:
             for k in tl.static_range(ITERS):
@@ -545,23 +536,16 @@ if triton is not None:
                     X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
                     stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
                     HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, True,
-                    COLUMN_LOADS,
                 )  # fmt: skip
 
-        mean, m2, n = _merge_halves(mean, m2, n, 4, 16, MERGE_MEAN_FMA, MERGE_M2_FMA)
-        mean, m2, n = _merge_halves(mean, m2, n, 4, 8, MERGE_MEAN_FMA, MERGE_M2_FMA)
-        mean, m2, n = _merge_halves(mean, m2, n, 4, 4, MERGE_MEAN_FMA, MERGE_M2_FMA)
-        mean, m2, n = _merge_halves(mean, m2, n, 4, 2, MERGE_MEAN_FMA, MERGE_M2_FMA)
-        mean, m2, n = _merge_halves(mean, m2, n, 4, 1, MERGE_MEAN_FMA, MERGE_M2_FMA)
-        mean, m2, n = _merge_halves(mean, m2, n, 1, 2, MERGE_MEAN_FMA, MERGE_M2_FMA)
-        mean, m2, n = _merge_halves(mean, m2, n, 1, 1, MERGE_MEAN_FMA, MERGE_M2_FMA)
+        mean, m2 = _merge_lanes(mean, m2, n, lanes, MERGE_MEAN_FMA, MERGE_M2_FMA)
         var = tl.math.div_rn(m2, tl.full(m2.shape, N, tl.float32))
         rstd = tl.math.rsqrt(var + eps)
         if STORE_STATS:
-            tl.store(MEAN + row + tl.arange(0, 1), mean)
-            tl.store(RSTD + row + tl.arange(0, 1), rstd)
-        mean = tl.reshape(mean, (1, 1))
-        rstd = tl.reshape(rstd, (1, 1))
+            tl.store(MEAN + row + lanes, mean, mask=lanes == 0)
+            tl.store(RSTD + row + lanes, rstd, mask=lanes == 0)
+        mean = mean[:, None]
+        rstd = rstd[:, None]
 
         for k in tl.range(ITERS, loop_unroll_factor=1 if DYN_LOOP else ITERS):
             vidx = k * 128 + lanes
@@ -619,12 +603,12 @@ _ATEN_REPLAY = {
     "OUT_FMA": True,
 }
 
-# Performance knobs of _fp32_norm_kernel; none changes a result bit. The default
-# is the configuration measured in docs/results.md (static unroll, one tile load
-# split into columns). COLUMN_LOADS=True (four column loads per iteration, no
-# layout conversion inside the loop) is bit-identical on H200 (CUDA-graph suite)
-# but not yet timed: scripts/bench_norm_kernel_tuning.py compares them.
-_KERNEL_TUNING = {"DYN_LOOP": False, "COLUMN_LOADS": False}
+# Performance knob of _fp32_norm_kernel; it changes no result bit (checked
+# against the reference by scripts/bench_norm_kernel_tuning.py, the unit tests
+# and the proof registry). DYN_LOOP: runtime loops (fewest registers) instead of
+# static unrolls (all of a row's loads in flight at once); the unrolled kernel
+# was 1.07-1.12x the copy floor against 1.16-1.19x at D=5120 (H200, run 2).
+_KERNEL_TUNING = {"DYN_LOOP": False}
 
 # Below this many elements the Triton launch itself (tens of microseconds of
 # Python-side argument binding for ~45 arguments, measured on H200 with Triton
