@@ -333,3 +333,71 @@ def test_proof_registry_rejects_a_mismatching_fast_path():
     # the verdict is remembered: no second check, no second warning
     assert registry.proven(("k",), cpu, wrong, torch.clone, make_inputs) is False
     assert registry.proven(("ok",), cpu, torch.clone, torch.clone, make_inputs) is True
+
+
+def _triton_binder():
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime import jit
+
+    kernel = ln._fp32_norm_kernel
+    backend = make_backend(GPUTarget("cuda", 90, 64))
+    return jit.create_function_from_signature(kernel.signature, kernel.params, backend)
+
+
+@needs_triton
+def test_kernel_launcher_key_covers_triton_specialization():
+    """Equal launcher keys must mean equal Triton specializations (runs on CPU).
+
+    Triton specializes each argument on its own value, so each position is
+    varied alone over values that straddle every rule (alignment, 1, %16, width).
+    """
+    binder = _triton_binder()
+    kernel = ln._fp32_norm_kernel
+    n_tensors, n_ints = 12, 17
+    assert kernel.arg_names[n_tensors + n_ints] == "eps"
+    constexprs = {name: 0 for name in kernel.arg_names[n_tensors + n_ints + 1 :]}
+    base = torch.zeros(64)
+    tensors = [
+        base.to(dtype)[offset:]
+        for dtype in (torch.float32, torch.bfloat16, torch.float16)
+        for offset in range(9)
+    ]
+    ints = [0, 1, 2, 15, 16, 17, 32, 5120, 2**31 - 16, 2**31 - 1, 2**31, 2**32]
+    ints += [2**40, 2**63 - 16, 2**63, 2**64 - 16, -1, -16, -(2**31), -(2**31) - 16]
+    default = [base] * n_tensors + [16] * n_ints + [1e-6]
+    for pos, pool in [(0, tensors), (7, tensors), (11, tensors), (12, ints)]:
+        pool = pool + [0.5, 1e-6] if pos == 12 else pool
+        by_key: dict = {}
+        for value in pool:
+            args = list(default)
+            args[pos] = value
+            _, spec, _ = binder(
+                *args, **constexprs, num_warps=4, enable_fp_fusion=False
+            )
+            key = ln._launch_spec(value)
+            assert by_key.setdefault(key, spec[pos]) == spec[pos], (pos, value)
+        assert len(by_key) > 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_direct_launches_match_the_reference(dtype, monkeypatch):
+    """Repeat launches (direct) equal first launches (Triton's) and the reference,
+    across alignments and strides that change the kernel's specialization."""
+    monkeypatch.setattr(ln, "_LAUNCHER", ln._KernelLauncher())
+    assert ln._LAUNCHER.enabled
+    gen = torch.Generator().manual_seed(5)
+    dim = 1280
+    w = torch.randn(dim, generator=gen).cuda()
+    b = torch.randn(dim, generator=gen).cuda()
+    flat = (torch.randn(40 * dim + 8, generator=gen) * 2).to("cuda", dtype)
+    for offset in (0, 1, 4, 8, 0, 1):  # elements; 1 and 4 break 16-byte alignment
+        for rows in (1, 16, 33):
+            x = flat[offset : offset + rows * dim].view(rows, dim)
+            for _ in range(2):
+                y = ln._launch_fp32_norm(x, w, b, 1e-6)
+                assert torch.equal(y, reference(x, (dim,), w, b, 1e-6)), (offset, rows)
+    assert len(ln._LAUNCHER._kernels) >= 2
