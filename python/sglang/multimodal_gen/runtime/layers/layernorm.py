@@ -972,12 +972,19 @@ def fp32_layer_norm_path(
 ) -> str:
     """Name the path FP32LayerNorm takes for these operands when grad is off.
 
-    ``"aten_reduced"``: CUDA, bf16/fp16 input, parameters absent or in the input
-    dtype: ATen's reduced-precision kernel, which computes in fp32 internally in
-    the same order as the fp32 kernel. ``"triton"``: CUDA, bf16/fp16 input of at
-    least ``_TRITON_MIN_ELEMENTS`` elements, fp32 parameters: ``_fp32_norm_kernel``. ``"cached"``: everything else (CPU, fp32
-    input, misaligned or mixed operands): cached fp32 parameter copies and
+    ``"triton"``: CUDA, bf16/fp16 input of at least ``_TRITON_MIN_ELEMENTS``
+    elements and a 1-D ``normalized_shape`` the kernel replays (D % 4 == 0,
+    D <= 8192), parameters absent, in the input dtype, or fp32 and 16-byte
+    aligned: ``_fp32_norm_kernel``. ``"aten_reduced"``: other CUDA bf16/fp16
+    inputs with parameters absent or in the input dtype, all aligned: ATen's
+    reduced-precision kernel, which computes in fp32 internally in the same
+    order as the fp32 kernel. ``"cached"``: everything else (CPU, fp32 input,
+    misaligned or mixed operands): cached fp32 parameter copies and
     ``F.layer_norm`` on ``x.float()``. ``"reference"``: the env switch is set.
+
+    Alignment matters because the reference runs ATen's fp32 kernel, which picks
+    its (replayed) vectorized variant only for 16-byte-aligned operands: fresh
+    ``.float()`` copies always are, fp32 parameters are passed as they are.
     """
     if _FORCE_REFERENCE:
         return "reference"
@@ -986,22 +993,24 @@ def fp32_layer_norm_path(
     params = [p for p in (weight, bias) if p is not None]
     if any(p.device != x.device for p in params):
         return "cached"
-    vec_bytes = 4 * x.element_size()
-    if all(p.dtype == x.dtype for p in params):
-        # ATen picks its kernel by alignment; the reference (fresh fp32 copies)
-        # always gets the vectorized one, so ours must too
-        x_ok = not x.is_contiguous() or _aligned(x, vec_bytes)
-        if x_ok and all(_aligned(p, vec_bytes) for p in params):
-            return "aten_reduced"
-        return "cached"
     if (
         triton is not None
         and len(normalized_shape) == 1
         and x.numel() >= _TRITON_MIN_ELEMENTS
         and _kernel_shape_ok(normalized_shape[0])
-        and all(p.dtype == torch.float32 and _aligned(p, 16) for p in params)
+        and all(
+            p.dtype == x.dtype or (p.dtype == torch.float32 and _aligned(p, 16))
+            for p in params
+        )
     ):
         return "triton"
+    if all(p.dtype == x.dtype for p in params):
+        # ATen picks its kernel by alignment; the reference (fresh fp32 copies)
+        # always gets the vectorized one, so ours must too
+        vec_bytes = 4 * x.element_size()
+        x_ok = not x.is_contiguous() or _aligned(x, vec_bytes)
+        if x_ok and all(_aligned(p, vec_bytes) for p in params):
+            return "aten_reduced"
     return "cached"
 
 

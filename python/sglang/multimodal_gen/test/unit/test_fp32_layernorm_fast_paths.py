@@ -79,8 +79,12 @@ def layouts(rows, dim, dtype, device, gen):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("params", PARAMS)
 @pytest.mark.parametrize("dim", SWEEP_DIMS)
-@pytest.mark.usefixtures("triton_at_any_size")
-def test_fp32_layer_norm_cuda_sweep_is_bit_identical(dim, params, dtype):
+@pytest.mark.parametrize("route", ["kernel", "aten"])
+def test_fp32_layer_norm_cuda_sweep_is_bit_identical(
+    dim, params, dtype, route, monkeypatch
+):
+    # "kernel": the Triton kernel wherever it applies; "aten": size-gated off it
+    monkeypatch.setattr(ln, "_TRITON_MIN_ELEMENTS", 0 if route == "kernel" else 1 << 62)
     m = make_norm(dim, dtype, params)
     gen = torch.Generator().manual_seed(dim)
     taken = set()
@@ -92,10 +96,11 @@ def test_fp32_layer_norm_cuda_sweep_is_bit_identical(dim, params, dtype):
         assert torch.equal(y, ref), f"{name}: {(y != ref).sum().item()} differ"
         taken.add(ln.fp32_layer_norm_path(x, (dim,), m.weight, m.bias))
     pdtype = m.weight.dtype if m.weight is not None else dtype
-    if pdtype == dtype:
-        assert "aten_reduced" in taken
-    elif ln.triton is not None and dim % 4 == 0 and dim <= 8192:
+    kernel = route == "kernel" and ln.triton is not None and ln._kernel_shape_ok(dim)
+    if kernel:
         assert "triton" in taken
+    elif pdtype == dtype:
+        assert "aten_reduced" in taken
     else:
         assert taken == {"cached"}
 
