@@ -267,9 +267,16 @@ def test_small_inputs_skip_the_triton_launch():
     with torch.no_grad():
         assert torch.equal(m(small), reference(small, (1280,), m.weight, m.bias, m.eps))
     lss = ln.LayerNormScaleShift(1280).cuda()
+    srn = ln.ScaleResidualLayerNormScaleShift(1280, elementwise_affine=True).cuda()
     mod = torch.zeros(1, 1, 1280, device="cuda")
     with torch.no_grad():
         assert ln._fused_norm_modulate(lss, small[None], mod, mod) is None
+        assert (
+            ln._fused_norm_modulate(
+                srn, small[None], mod, mod, residual=small[None], gate=mod
+            )
+            is None
+        )
 
 
 def test_cpu_stays_on_the_cached_route():
