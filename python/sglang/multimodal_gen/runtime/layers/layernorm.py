@@ -692,16 +692,9 @@ class _Modulation:
         self.frame = max(seq_len // frames, 1)
 
 
-def _launch_spec(arg) -> tuple:
-    # what Triton 3.x specializes a kernel on: a tensor's dtype and 16-byte
-    # alignment; an int's value 1, divisibility by 16 and integer width
-    if isinstance(arg, torch.Tensor):
-        return (arg.dtype, arg.data_ptr() % 16 == 0)
-    if isinstance(arg, bool):
-        return (bool, arg)
-    if isinstance(arg, int):
-        return (arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31, arg < 2**63)
-    return (type(arg),)
+def _launch_spec(t: torch.Tensor) -> tuple:
+    # what Triton 3.x specializes a pointer argument on
+    return (t.dtype, t.data_ptr() % 16 == 0)
 
 
 def _launch_hooks_set() -> bool:
@@ -720,21 +713,28 @@ class _KernelLauncher:
     and returns the compiled kernel; later launches with the same key call its
     launcher directly, as Triton itself does after binding.
 
-    Invariant: the key holds everything Triton 3.x specializes on (device, each
-    tensor's dtype and 16-byte alignment, each int's value 1 / divisibility by
-    16 / width, every constexpr), so equal keys mean the same compiled kernel.
-    ``test_kernel_launcher_key_covers_triton_specialization`` checks this against
-    Triton's own binder. It cannot see Triton versions whose launcher or
-    specialization rules differ: only the versions in ``_VERIFIED`` use it, and
-    launch hooks (profilers) always take Triton's path.
+    Invariant: the key holds at least everything Triton 3.x specializes on
+    (device, each tensor's dtype and 16-byte alignment, every int's value, every
+    constexpr; only the float ``eps`` is left out, which Triton does not
+    specialize on), so equal keys mean the same compiled kernel. A finer key only
+    costs one more Triton-path launch. ``test_kernel_launcher_key_covers_triton_
+    specialization`` checks the tensor part against Triton's own binder. It cannot
+    see Triton versions whose launcher or specialization rules differ: only the
+    versions in ``_VERIFIED`` use it, and launch hooks (profilers) always take
+    Triton's path. Distinct keys are bounded by ``_MAX_KEYS`` (then it starts over).
     """
+
+    _MAX_KEYS = 4096
 
     _VERIFIED = ("3.6",)
 
     def __init__(self) -> None:
         self._kernels: dict = {}
         version = getattr(triton, "__version__", "") if triton is not None else ""
-        self.enabled = version.startswith(self._VERIFIED)
+        # not under TRITON_INTERPRET=1, where the kernel is interpreted on the CPU
+        self.enabled = version.startswith(self._VERIFIED) and isinstance(
+            globals().get("_fp32_norm_kernel"), triton.runtime.JITFunction
+        )
 
     def launch(self, rows: int, args: tuple, constexprs: dict) -> None:
         fn = _fp32_norm_kernel
@@ -743,14 +743,18 @@ class _KernelLauncher:
             return
         driver = triton.runtime.driver.active
         device = driver.get_current_device()
+        n_ptr = _N_POINTER_ARGS
         key = (
             device,
-            tuple(map(_launch_spec, args)),
+            tuple(map(_launch_spec, args[:n_ptr])),
+            args[n_ptr:-1],
             tuple(constexprs.items()),
         )
         kernel = self._kernels.get(key)
         if kernel is None:
             kernel = fn[(rows,)](*args, **constexprs, **_KERNEL_OPTIONS)
+            if len(self._kernels) >= self._MAX_KEYS:
+                self._kernels.clear()
             self._kernels[key] = kernel
             return
         tail = [constexprs[name] for name in fn.arg_names[len(args) :]]
@@ -760,6 +764,8 @@ class _KernelLauncher:
         )  # fmt: skip
 
 
+# _fp32_norm_kernel's arguments: 12 pointers, then ints, then eps
+_N_POINTER_ARGS = 12
 # only the FMAs written out in the kernel may fuse, as in ATen's build
 _KERNEL_OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}
 _LAUNCHER = _KernelLauncher()
@@ -785,13 +791,17 @@ def _launch_fp32_norm(
     promotion of the eager chain, so callers get the bits the eager ops give.
     Returns ``y`` or ``(y, residual_out)``, plus ``(mean, rstd)`` if asked.
     """
+    # host time matters here: at Wan's mid sizes a launch costs about what the
+    # GPU needs, so views are only made where the shape needs them
     out_shape = x.shape
     if x.dim() == 2:
-        x = x.unsqueeze(0)
-        residual = None if residual is None else residual.unsqueeze(0)
-    batch, seq_len, dim = x.shape
+        batch, (seq_len, dim) = 1, out_shape
+        x2 = x
+    else:
+        batch, seq_len, dim = out_shape
+        x2 = x.view(batch * seq_len, dim) if x.is_contiguous() else x.reshape(-1, dim)
     rows = batch * seq_len
-    x2 = x.reshape(rows, dim).contiguous()
+    x2 = x2 if x2.is_contiguous() else x2.contiguous()
     y = torch.empty_like(x2)
 
     def code(dtype: torch.dtype) -> int:
@@ -864,7 +874,7 @@ def _launch_fp32_norm(
         )
         constexprs = dict(
             N=dim,
-            ITERS=triton.cdiv(dim // 4, 128),
+            ITERS=(dim // 4 + 127) // 128,
             HAS_RESIDUAL=res2 is not None,
             HAS_GATE="g" in mods,
             HAS_W=weight is not None,
@@ -880,7 +890,7 @@ def _launch_fp32_norm(
             **(_KERNEL_TUNING if tuning is None else tuning),
         )
         _LAUNCHER.launch(rows, args, constexprs)
-    out = y.view(out_shape)
+    out = y if x.dim() == 2 else y.view(out_shape)
     result = out if res_out is None else (out, res_out.view(out_shape))
     if store_stats:
         return result, (stats, rstd)
