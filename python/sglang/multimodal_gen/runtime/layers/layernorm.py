@@ -1163,6 +1163,9 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
         """
         if param is None:
             return None
+        if param.dtype == torch.float32 and param.device == device:
+            # what param.float().to(device) returns in every mode, grad included
+            return param
         device = _canonical_device(device)
         if (
             torch.is_grad_enabled()
