@@ -83,24 +83,19 @@ def bench_shape(tokens: int, dim: int, names, bw: float) -> list:
                      "params": params, "ms": ms, "x_floor": ms / floor,
                      "bit_identical": same})  # fmt: skip
 
-    for name in names:
-        tuning = VARIANTS[name]
-        record(
-            name,
-            lambda x, t=tuning: ln._launch_fp32_norm(x, w, b, EPS, tuning=t),
-            "fp32",
-        )
-    # the "aten_reduced" case: bf16 parameters, today served by ATen
+    # bf16 parameters: ATen's reduced-precision kernel is the alternative route
     record(
         "ATen F.layer_norm", lambda x: F.layer_norm(x, (dim,), w16, b16, EPS), "bf16"
     )
-    for name in names:
-        tuning = VARIANTS[name]
-        record(
-            name,
-            lambda x, t=tuning: ln._launch_fp32_norm(x, w16, b16, EPS, tuning=t),
-            "bf16",
-        )
+    for params, (pw, pb) in (("fp32", (w, b)), ("bf16", (w16, b16))):
+        for name in names:
+            record(
+                name,
+                lambda x, t=VARIANTS[name], pw=pw, pb=pb: ln._launch_fp32_norm(
+                    x, pw, pb, EPS, tuning=t
+                ),
+                params,
+            )
     return rows
 
 
