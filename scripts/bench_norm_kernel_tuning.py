@@ -168,6 +168,7 @@ def main(argv=None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "host_us": launch}, f, indent=1)
+            f.write("\n")  # saved runs live in docs/, under end-of-file-fixer
 
 
 if __name__ == "__main__":
