@@ -22,17 +22,8 @@ import torch.nn.functional as F
 
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"),
-        ],
-    ),
-]
+from _shared import DEVICES, HAS_CUDA
+
 THREADS = 4
 ROUNDS = 40
 DIM = 128

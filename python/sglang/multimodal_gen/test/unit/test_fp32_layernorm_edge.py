@@ -23,29 +23,10 @@ import torch.nn.functional as F
 
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"),
-        ],
-    ),
-]
+from _shared import DEVICES, HAS_CUDA, one_cpu_thread  # noqa: F401 (autouse fixture)
+
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 DIM = 64
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Many tiny CPU ops: intra-op threads only add wake-up latency (on a loaded
-    2-core runner, milliseconds per op). Model and reference share the setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _dtype_id(d):

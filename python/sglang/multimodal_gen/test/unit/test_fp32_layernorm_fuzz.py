@@ -29,17 +29,8 @@ import torch.nn.functional as F
 
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"),
-        ],
-    ),
-]
+from _shared import DEVICES, one_cpu_thread  # noqa: F401 (autouse fixture)
+
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 HIDDEN = 64
 QUICK_STEPS = 300
@@ -436,16 +427,6 @@ class LifecycleWalk:
         # end on a forward, whatever the last op was
         self.check_forward("no_grad")
         return self.counts
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Thousands of tiny CPU ops: intra-op threads only add wake-up latency (on a
-    loaded 2-core runner, milliseconds per op). Results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _param_dtypes():

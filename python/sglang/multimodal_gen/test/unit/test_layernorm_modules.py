@@ -10,17 +10,8 @@ import torch.nn.functional as F
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 from sglang.multimodal_gen.runtime.layers.custom_op import CustomOp
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"),
-        ],
-    ),
-]
+from _shared import DEVICES
+
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 
 
