@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Offline tests of scripts/sync_fastvideo_port.py.
+"""Offline tests of scripts/sync_fastvideo_port.py and its fastvideo_sync package.
 
 Every origin, "our repo" and SGLang checkout is a throwaway git repo under
 tmp_path holding small synthetic files; nothing touches the network (URL mode is
@@ -22,10 +22,10 @@ if sys.version_info < (3, 11):
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "sync_fastvideo_port.py"
-_spec = importlib.util.spec_from_file_location("sync_fastvideo_port", SCRIPT)
-tool = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = tool
-_spec.loader.exec_module(tool)
+sys.path.insert(0, str(SCRIPT.parent))  # the fastvideo_sync package
+from fastvideo_sync import cli, common, manifest  # noqa: E402
+from fastvideo_sync import origin as origin_git  # noqa: E402
+from fastvideo_sync import splice, symbols  # noqa: E402
 
 ORIGIN_PATH = "fastvideo/layers/layernorm.py"
 TARGET_PATH = "python/sglang/multimodal_gen/runtime/layers/layernorm.py"
@@ -159,7 +159,7 @@ reason = "SGLang has its own fused QK-norm + RoPE path"
 @pytest.fixture(autouse=True)
 def _isolated_git(monkeypatch):
     """No user/system git config (signing, hooks) and a fixed identity."""
-    for var in tool._GIT_REPO_VARS:
+    for var in origin_git._GIT_REPO_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
@@ -185,7 +185,7 @@ def commit_file(repo: Path, rel: str, text: str, message: str) -> str:
 
 
 def fingerprint_of(text: str) -> str:
-    return tool.locate(text, "FP32LayerNorm", "t").fingerprint
+    return symbols.locate(text, "FP32LayerNorm", "t").fingerprint
 
 
 class Origin:
@@ -234,7 +234,7 @@ class Ours:
     def run(self, capsys, *argv) -> tuple[int, dict, str]:
         """Run the tool in-process with --json; returns (exit, report, stderr)."""
         args = [*argv, "--json", "--manifest", str(self.manifest)]
-        code = tool.main([*args, "--repo-root", str(self.root)])
+        code = cli.main([*args, "--repo-root", str(self.root)])
         out, err = capsys.readouterr()
         return code, json.loads(out), err
 
@@ -274,13 +274,13 @@ def test_fingerprint_ignores_formatting_comments_and_docstrings():
     assert fingerprint_of(ORIGIN_DRIFTED) != fingerprint_of(ORIGIN_PORTED)
     renamed_default = ORIGIN_PORTED.replace("attr, t)", "attr, t=None)")
     assert fingerprint_of(renamed_default) != fingerprint_of(ORIGIN_PORTED)
-    assert tool._FINGERPRINT_RE.match(fingerprint_of(ORIGIN_PORTED))
+    assert symbols._FINGERPRINT_RE.match(fingerprint_of(ORIGIN_PORTED))
 
 
 def test_ambiguous_symbol_is_an_error():
     text = "class FP32LayerNorm:\n    pass\n\n\nclass FP32LayerNorm:\n    pass\n"
-    with pytest.raises(tool.ToolError, match="defined 2 times"):
-        tool.locate(text, "FP32LayerNorm", "x.py")
+    with pytest.raises(common.ToolError, match="defined 2 times"):
+        symbols.locate(text, "FP32LayerNorm", "x.py")
 
 
 ################################################################################
@@ -322,7 +322,7 @@ def test_check_drift_on_pr_head(capsys, origin, ours):
     assert port["reasons"] == [
         f"FP32LayerNorm changed on {PR_REF} ({head[:12]}) since {origin.recorded[:12]}"
     ]
-    tool.main(["check", "--manifest", str(ours.manifest)])
+    cli.main(["check", "--manifest", str(ours.manifest)])
     text = capsys.readouterr().out
     assert text.startswith("fp32: DRIFT\n")
     assert "+        if torch.is_grad_enabled():" in text
@@ -493,7 +493,7 @@ def test_manifest_edit_refuses_ambiguous_text():
         upstream="t.py",
     )  # fmt: skip
     value = {"target_fingerprint": "ast1:" + "0" * 16}
-    edited = tool.update_manifest_text(text, 0, value)
+    edited = manifest.update_manifest_text(text, 0, value)
     assert changed_lines(text, edited) == [
         '-target_fingerprint = ""',
         f'+target_fingerprint = "{value["target_fingerprint"]}"',
@@ -502,11 +502,11 @@ def test_manifest_edit_refuses_ambiguous_text():
     lookalike = text.replace(
         "pr = 1245", 'notes = """\ntarget_fingerprint = "x"\n"""\npr = 1245'
     )
-    with pytest.raises(tool.ToolError, match="need exactly one"):
-        tool.update_manifest_text(lookalike, 0, value)
+    with pytest.raises(common.ToolError, match="need exactly one"):
+        manifest.update_manifest_text(lookalike, 0, value)
     literal = text.replace('target_fingerprint = ""', "target_fingerprint = ''")
-    with pytest.raises(tool.ToolError, match="need exactly one"):
-        tool.update_manifest_text(literal, 0, value)
+    with pytest.raises(common.ToolError, match="need exactly one"):
+        manifest.update_manifest_text(literal, 0, value)
 
 
 ################################################################################
@@ -545,7 +545,7 @@ def test_export_merges_at_method_level(capsys, tmp_path, ours):
 
 def _assert_only_class_replaced(old: str, new: str) -> None:
     """Lines outside the upstream class are untouched; only insertions elsewhere."""
-    node = tool.locate(old, "FP32LayerNorm", "old").node
+    node = symbols.locate(old, "FP32LayerNorm", "old").node
     span = range(node.lineno - 1, node.end_lineno)
     matcher = difflib.SequenceMatcher(None, old.splitlines(True), new.splitlines(True))
     for tag, i1, i2, _, _ in matcher.get_opcodes():
@@ -568,7 +568,7 @@ def test_export_dry_run_patch_applies(capsys, tmp_path, ours):
     assert code == 0 and report["ports"][0]["written"] is False
     assert git(checkout, "status", "--porcelain") == ""
     git(checkout, "apply", str(patch))
-    expected = tool.splice_class(UPSTREAM, OURS, "FP32LayerNorm").text
+    expected = splice.splice_class(UPSTREAM, OURS, "FP32LayerNorm").text
     assert (checkout / TARGET_PATH).read_text() == expected
     assert (checkout / TEST_PATH).read_text() == OUR_TEST
 
@@ -639,7 +639,7 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, ours):
 #     python scripts/sync_fastvideo_port.py record
 ################################################################################
 def test_REAL_MANIFEST_status_in_sync(capsys):
-    code = tool.main(["status", "--json"])
+    code = cli.main(["status", "--json"])
     report = json.loads(capsys.readouterr().out)
     ours = report["ports"][0]["ours"]
     assert code == 0, (

@@ -1,0 +1,220 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The manifest (``scripts/fastvideo_ports.toml``): load, validate, edit in place.
+
+``update_manifest_text`` is the only writer: a textual edit of string values,
+re-parsed and checked, never a re-serialization.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .common import _SHA_RE, ToolError, read_text, write_atomic
+from .symbols import _FINGERPRINT_RE, split_lines
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the project supports it, this tool not
+    sys.exit("error: sync_fastvideo_port.py needs Python 3.11+ (tomllib)")
+
+MANIFEST_RELPATH = "scripts/fastvideo_ports.toml"
+SCHEMA_VERSION = 1
+
+
+_REQUIRED = {
+    "name": str,
+    "origin_repo": str,
+    "pr": int,
+    "origin_commit": str,
+    "origin_path": str,
+    "origin_symbol": str,
+    "origin_fingerprint": str,
+    "target_path": str,
+    "target_symbol": str,
+    "target_fingerprint": str,
+    "upstream_path": str,
+}
+_OPTIONAL = {
+    "upstream_repo": str,
+    "upstream_symbol": str,
+    "target_test_path": str,
+    "upstream_test_path": str,
+    "not_ported": list,
+    "notes": str,
+}
+_PATH_KEYS = (
+    "origin_path",
+    "target_path",
+    "upstream_path",
+    "target_test_path",
+    "upstream_test_path",
+)
+
+
+@dataclass
+class Port:
+    """One ``[[port]]`` entry; ``index`` is its position in the manifest."""
+
+    index: int
+    name: str
+    origin_repo: str
+    pr: int
+    origin_commit: str
+    origin_path: str
+    origin_symbol: str
+    origin_fingerprint: str
+    target_path: str
+    target_symbol: str
+    target_fingerprint: str
+    upstream_path: str
+    upstream_repo: str = ""
+    upstream_symbol: str = ""
+    target_test_path: str = ""
+    upstream_test_path: str = ""
+    not_ported: list = field(default_factory=list)
+    notes: str = ""
+
+    @property
+    def pr_ref(self) -> str:
+        return f"refs/pull/{self.pr}/head"
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream_symbol or self.target_symbol
+
+
+def _check_relpath(value: str, where: str) -> None:
+    """Manifest paths are relative POSIX paths that cannot climb out (no ``..``)."""
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or "\\" in value or ".." in path.parts:
+        raise ToolError(f"{where}: {value!r} must be a relative path without '..'")
+
+
+def _validate_port(raw: object, index: int) -> Port:
+    where = f"manifest [[port]] #{index + 1}"
+    if not isinstance(raw, dict):
+        raise ToolError(f"{where}: not a table")
+    unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise ToolError(f"{where}: unknown keys {', '.join(unknown)}")
+    for key, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if key not in raw:
+            if key in _REQUIRED:
+                raise ToolError(f"{where}: missing key {key}")
+            continue
+        if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
+            raise ToolError(f"{where}: {key} must be a {kind.__name__}")
+    for key in _PATH_KEYS:
+        if raw.get(key):
+            _check_relpath(raw[key], f"{where} {key}")
+    for part in raw.get("not_ported", []):
+        if not isinstance(part, dict) or not all(
+            isinstance(part.get(k), str) for k in ("path", "reason")
+        ):
+            raise ToolError(f"{where}: each not_ported needs path and reason strings")
+    if not _SHA_RE.match(raw["origin_commit"]):
+        raise ToolError(f"{where}: origin_commit must be a full 40-hex commit id")
+    for key in ("origin_fingerprint", "target_fingerprint"):
+        if raw[key] and not _FINGERPRINT_RE.match(raw[key]):
+            raise ToolError(f"{where}: {key} {raw[key]!r} is not an ast1 fingerprint")
+    if bool(raw.get("target_test_path")) != bool(raw.get("upstream_test_path")):
+        raise ToolError(f"{where}: set both target_test_path and upstream_test_path")
+    return Port(index=index, **raw)
+
+
+def load_manifest(path: Path) -> list[Port]:
+    try:
+        data = tomllib.loads(read_text(path, str(path)))
+    except tomllib.TOMLDecodeError as exc:
+        raise ToolError(f"{path}: invalid TOML: {exc}") from None
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ToolError(f"{path}: schema_version must be {SCHEMA_VERSION}")
+    ports = [_validate_port(raw, i) for i, raw in enumerate(data.get("port", []))]
+    if not ports:
+        raise ToolError(f"{path}: no [[port]] entries")
+    names = [p.name for p in ports]
+    if len(set(names)) != len(names):
+        raise ToolError(f"{path}: port names must be unique")
+    return ports
+
+
+def select_ports(ports: list[Port], name: str | None, one: bool) -> list[Port]:
+    """The ports a command acts on; ``one`` commands need exactly one."""
+    if name is not None:
+        ports = [p for p in ports if p.name == name]
+        if not ports:
+            raise ToolError(f"no port named {name!r} in the manifest")
+    if one and len(ports) != 1:
+        raise ToolError("the manifest has several ports: pick one with --port NAME")
+    return ports
+
+
+_PORT_HEADER_RE = re.compile(r"^[ \t]*\[\[[ \t]*port[ \t]*\]\][ \t]*(?:#.*)?$")
+_ANY_HEADER_RE = re.compile(
+    r"^[ \t]*\[\[?[ \t]*[A-Za-z0-9_.\"' -]+\]\]?[ \t]*(?:#.*)?$"
+)
+
+
+def _key_line_re(key: str) -> re.Pattern:
+    return re.compile(
+        rf'^([ \t]*{re.escape(key)}[ \t]*=[ \t]*)"([^"\\\r\n]*)"([ \t]*(?:#[^\r\n]*)?)'
+        r"(\r\n|\r|\n)?\Z"
+    )
+
+
+def update_manifest_text(text: str, index: int, values: dict[str, str]) -> str:
+    """Replace the string values of ``values``' keys in ``[[port]]`` #index.
+
+    Works on the text, never re-serializes: every other byte (comments, order,
+    quoting, layout) is kept. The result is re-parsed and must equal the old
+    document with exactly these values changed, or nothing is returned.
+    """
+    lines = split_lines(text)
+    headers = [i for i, line in enumerate(lines) if _PORT_HEADER_RE.match(line)]
+    if index >= len(headers):
+        raise ToolError(f"manifest: cannot find the text of [[port]] #{index + 1}")
+    start = headers[index]
+    end = next(
+        (i for i in range(start + 1, len(lines)) if _ANY_HEADER_RE.match(lines[i])),
+        len(lines),
+    )
+    for key, value in values.items():
+        if re.search(r'["\\\r\n]', value):
+            raise ToolError(f"manifest: refusing to write {key} value {value!r}")
+        pattern = _key_line_re(key)
+        hits = [i for i in range(start + 1, end) if pattern.match(lines[i])]
+        if len(hits) != 1:
+            raise ToolError(
+                f'manifest: need exactly one `{key} = "..."` line in [[port]] '
+                f"#{index + 1}, found {len(hits)}"
+            )
+        match = pattern.match(lines[hits[0]])
+        ending = match.group(4) or ""
+        lines[hits[0]] = f'{match.group(1)}"{value}"{match.group(3)}{ending}'
+    new_text = "".join(lines)
+    _verify_update(text, new_text, index, values)
+    return new_text
+
+
+def _verify_update(old: str, new: str, index: int, values: dict[str, str]) -> None:
+    expected = tomllib.loads(old)
+    expected["port"][index].update(values)
+    try:
+        ok = tomllib.loads(new) == expected
+    except tomllib.TOMLDecodeError:
+        ok = False
+    if not ok:
+        raise ToolError("manifest: the textual edit changed more than intended")
+
+
+def update_manifest(path: Path, port: Port, values: dict[str, str]) -> bool:
+    """Write ``values`` into ``port``'s entry; False when nothing changes."""
+    text = read_text(path, str(path))
+    new_text = update_manifest_text(text, port.index, values)
+    if new_text == text:
+        return False
+    write_atomic(path, new_text)
+    return True
