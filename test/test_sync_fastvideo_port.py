@@ -299,6 +299,48 @@ def test_check_in_sync(capsys, origin, ours):
     assert port["reasons"] == []
 
 
+def test_check_pre_pr_is_the_merge_base_when_the_head_is_a_merge(capsys, tmp_path):
+    """The PR merged main into itself, so its head is a merge commit.
+
+    ``head^`` (its first parent) holds the PR's own code; the code before the PR
+    is the merge-base of the head with the default branch. FastVideo PR 1245's
+    recorded head is such a merge ("Merge branch 'main' into ...").
+    """
+    origin = Origin(tmp_path / "origin")
+    commit_file(origin.path, "README.md", "main moved on\n", "unrelated main work")
+    git(origin.path, "checkout", "-q", "pr")
+    git(origin.path, "merge", "-q", "--no-ff", "-m", "Merge branch 'main'", "main")
+    head = git(origin.path, "rev-parse", "HEAD")
+    git(origin.path, "update-ref", PR_REF, head)
+    git(origin.path, "checkout", "-q", "main")
+    first_parent, _ = git(origin.path, "log", "-1", "--format=%P", head).split()
+    assert first_parent == origin.recorded  # head^ = the PR's ported code
+    origin.recorded = head
+    ours = Ours(tmp_path / "ours", origin)
+
+    code, report, _ = ours.run(capsys, "check")
+    port = report["ports"][0]
+    assert code == 0
+    assert port["ref"] == {**port["ref"], "commit": head, "state": "same"}
+    assert port["merged"]["merged"] is False
+    assert port["default_branch"]["state"] == "changed"
+    assert port["default_branch"]["equals_pre_pr"] is True
+    cli.main(["check", "--manifest", str(ours.manifest), "--repo-root", str(ours.root)])
+    text = capsys.readouterr().out
+    assert "changed  (informational)  [= the symbol before the PR's first commit]" in (
+        text
+    )
+
+    # Once merged, the head is on the default branch and is its own merge-base:
+    # no pre-PR point is known, so the merged code is never called "pre-PR".
+    git(origin.path, "merge", "-q", "--no-ff", "-m", "Merge PR", "pr")
+    code, report, _ = ours.run(capsys, "check")
+    port = report["ports"][0]
+    assert (code, port["merged"]["merged"]) == (0, True)
+    assert port["default_branch"]["state"] == "same"
+    assert port["default_branch"]["equals_pre_pr"] is False
+
+
 def test_check_cosmetic_pr_change_is_not_drift(capsys, origin, ours):
     origin.push_pr(ORIGIN_COSMETIC)
     code, report, _ = ours.run(capsys, "check")

@@ -186,6 +186,21 @@ def _merge_state(repo: OriginRepo, port: Port, pr_sha, default) -> dict:
     return {"merged": False, "how": None, "commit": None}
 
 
+def pre_pr_symbol(repo: OriginRepo, port: Port, default_sha: str) -> Symbol | None:
+    """The origin symbol as it was before the PR, or None when unknown.
+
+    "Before the PR" is the merge-base of ``origin_commit`` with the default
+    branch, never ``origin_commit^``: a PR head that merged the default branch
+    into itself is a merge commit whose first parent is the PR's own code. When
+    ``origin_commit`` is already on the default branch (the PR was merged), it
+    is its own merge-base and no pre-PR point is known: None.
+    """
+    base = repo.merge_base(port.origin_commit, default_sha)
+    if base is None or base == port.origin_commit:
+        return None
+    return repo.symbol(base, port.origin_path, port.origin_symbol)
+
+
 def check_port(
     port: Port, repo: OriginRepo, ref: str | None, default_override
 ) -> tuple[dict, int]:
@@ -215,8 +230,7 @@ def check_port(
     at_default = _side(repo, port, recorded, *default) if default else None
     if at_default is not None:
         # Tells "the PR never landed" from "the default branch moved on".
-        parent = repo.resolve(f"{port.origin_commit}^")
-        before = parent and repo.symbol(parent, port.origin_path, port.origin_symbol)
+        before = pre_pr_symbol(repo, port, default[1])
         at_default["equals_pre_pr"] = bool(
             before and before.fingerprint == at_default["fingerprint"]
         )

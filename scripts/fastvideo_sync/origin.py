@@ -112,6 +112,13 @@ class OriginRepo:
             raise ToolError(f"git merge-base failed: {_last_line(proc.stderr)}")
         return proc.returncode == 0
 
+    def merge_base(self, one: str, other: str) -> str | None:
+        """A best common ancestor of two commits, or None when they share none."""
+        proc = self.git("merge-base", one, other, check=False)
+        if proc.returncode > 1:
+            raise ToolError(f"git merge-base failed: {_last_line(proc.stderr)}")
+        return proc.stdout.strip() or None if proc.returncode == 0 else None
+
     def _symbolic(self, ref: str) -> str | None:
         proc = self.git("symbolic-ref", "-q", ref, check=False)
         return proc.stdout.strip() if proc.returncode == 0 else None
