@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from sglang.multimodal_gen.runtime.layers import layernorm as ln
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 
 DEVICE = os.environ.get("REPLAY_DEVICE", "cuda")  # "cpu" only to smoke-test
 DIMS = tuple(
@@ -41,7 +41,7 @@ def mismatches(replay, dim, affine=AFFINE, rows=1031, seed=0):
     counts = {}
     for has_w, has_b in affine:
         wt, bt = (w if has_w else None), (b if has_b else None)
-        y, (mean, rstd) = ln._launch_fp32_norm(
+        y, (mean, rstd) = kb._launch_fp32_norm(
             x, wt, bt, 1e-6, store_stats=True, replay=replay
         )
         ref, ref_mean, ref_rstd = torch.native_layer_norm(
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write every combination's counts here")
     args = parser.parse_args(argv)
-    if ln.triton is None or (DEVICE == "cuda" and not torch.cuda.is_available()):
+    if kb.triton is None or (DEVICE == "cuda" and not torch.cuda.is_available()):
         print("needs CUDA and Triton", file=sys.stderr)
         return 2
     if DEVICE == "cuda":
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     for online, merge_mean, merge_m2 in itertools.product(
         (True, False), (0, 1, 2), (True, False)
     ):
-        replay = dict(ln._ATEN_REPLAY)
+        replay = dict(kb._ATEN_REPLAY)
         replay.update(
             ONLINE_FMA=online, MERGE_MEAN_FMA=merge_mean, MERGE_M2_FMA=merge_m2
         )
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
             if total == 0:
                 exact.append(full)
     print("EXACT:", json.dumps(exact))
-    print("current _ATEN_REPLAY exact:", ln._ATEN_REPLAY in exact)
+    print("current _ATEN_REPLAY exact:", kb._ATEN_REPLAY in exact)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"stats": stage1, "full": stage2, "exact": exact}, f, indent=1)

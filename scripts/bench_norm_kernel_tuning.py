@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 SHAPES = ((32760, 1536), (32760, 5120), (75600, 5120))
@@ -28,7 +29,7 @@ EPS = 1e-6
 
 
 def _variant(**knobs) -> dict:
-    return {**ln._KERNEL_TUNING, **knobs}
+    return {**kb._KERNEL_TUNING, **knobs}
 
 
 VARIANTS = {
@@ -91,7 +92,7 @@ def bench_shape(tokens: int, dim: int, names, bw: float) -> list:
         for name in names:
             record(
                 name,
-                lambda x, t=VARIANTS[name], pw=pw, pb=pb: ln._launch_fp32_norm(
+                lambda x, t=VARIANTS[name], pw=pw, pb=pb: kb._launch_fp32_norm(
                     x, pw, pb, EPS, tuning=t
                 ),
                 params,
@@ -118,7 +119,7 @@ def bench_fused(tokens: int, dim: int, names, bw: float) -> list:
 
         def run(pair, t=tuning):
             x, res = pair
-            return ln._launch_fp32_norm(x, w, b, EPS, residual=res, gate=gate,
+            return kb._launch_fp32_norm(x, w, b, EPS, residual=res, gate=gate,
                                         scale=scale, shift=shift, tuning=t)  # fmt: skip
 
         got = run(pairs[0])
@@ -148,7 +149,7 @@ def main(argv=None) -> None:
     for tokens, dim in SHAPES:
         rows += bench_shape(tokens, dim, names, bw)
     rows += bench_fused(32760, 5120, names, bw)
-    for caches in ln._fp32_norm_kernel.device_caches.values():
+    for caches in kb._fp32_norm_kernel.device_caches.values():
         for kernel in caches[0].values():
             print(f"compiled: regs {kernel.n_regs} spills {kernel.n_spills} "
                   f"smem {kernel.metadata.shared}")  # fmt: skip
@@ -157,7 +158,7 @@ def main(argv=None) -> None:
     w16, b16 = w.bfloat16(), b.bfloat16()
     launch = {
         "triton launch (257x1280)": host_launch_us(
-            lambda: ln._launch_fp32_norm(x, w, b, EPS)
+            lambda: kb._launch_fp32_norm(x, w, b, EPS)
         ),
         "ATen bf16 F.layer_norm (257x1280)": host_launch_us(
             lambda: F.layer_norm(x, (1280,), w16, b16, EPS)

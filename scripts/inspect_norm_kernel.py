@@ -22,18 +22,18 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from sglang.multimodal_gen.runtime.layers import layernorm as ln
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 
 _POINTERS = ("X", "RES", "GATE", "W", "B", "SCALE", "SHIFT", "Y", "RES_OUT")
 _FP32_POINTERS = ("MEAN", "RSTD", "RCP")
 
 
 def compile_kernel(dim: int, fused: bool, tuning: dict, arch: int):
-    kernel = ln._fp32_norm_kernel
+    kernel = kb._fp32_norm_kernel
     constexprs = dict(
         N=dim, ITERS=triton.cdiv(dim // 4, 128), HAS_RESIDUAL=fused,
         HAS_GATE=fused, HAS_W=True, HAS_B=True, HAS_MOD=fused, STORE_STATS=False,
-        G1_RND=0, R_RND=1, S_RND=0, M1_RND=0, M_RND=0, **ln._ATEN_REPLAY, **tuning,
+        G1_RND=0, R_RND=1, S_RND=0, M1_RND=0, M_RND=0, **kb._ATEN_REPLAY, **tuning,
     )  # fmt: skip
     ints = {"stride_x": dim, "stride_y": dim, "L": 32760}
     if fused:
@@ -88,7 +88,7 @@ def main(argv=None) -> None:
     parser.add_argument("--arch", type=int, default=90, help="SM version (90: H100)")
     parser.add_argument("--dump", help="write ttgir/ptx per dim into this folder")
     args = parser.parse_args(argv)
-    tuning = {**ln._KERNEL_TUNING, "DYN_LOOP": args.dyn_loop}
+    tuning = {**kb._KERNEL_TUNING, "DYN_LOOP": args.dyn_loop}
     out = args.dump or "/tmp"
     os.makedirs(out, exist_ok=True)
     for dim in map(int, args.dims.split(",")):

@@ -35,6 +35,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 CUDA_TOKENS = (257, 4096, 32760, 75600)
@@ -236,11 +237,11 @@ def path_name(case: Case, m, args) -> str:
         return ln.fp32_layer_norm_path(args[0], (case.dim,), m.weight, m.bias)
     if case.module.startswith("ScaleResidual"):
         residual, x, gate, shift, scale = args
-        ok = ln._fused_kernel_ok(m.norm, x, residual, gate, shift, scale)
+        path = ln.fused_norm_path(m, x, scale, shift, residual=residual, gate=gate)
     else:
         x, shift, scale = args
-        ok = ln._fused_kernel_ok(m.norm, x, None, shift, scale)
-    return "fused-triton" if ok else "native"
+        path = ln.fused_norm_path(m, x, scale, shift)
+    return "fused-triton" if path == "triton" else "native"
 
 
 def run_case(case: Case, device, bandwidth: float) -> list[Result]:
@@ -502,7 +503,7 @@ def main(argv=None) -> int:
     meta = {
         "device": name,
         "torch": torch.__version__,
-        "triton": getattr(ln.triton, "__version__", None),
+        "triton": getattr(kb.triton, "__version__", None),
         "copy_GBps": bandwidth / 1e9,
     }
     title = (

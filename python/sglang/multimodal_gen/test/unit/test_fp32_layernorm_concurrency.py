@@ -20,6 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_select as sel
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 from _shared import DEVICES, HAS_CUDA
@@ -227,7 +229,7 @@ def test_concurrency_threads_mutating_their_own_modules(device):
 
 
 def _proof_race_once(rep):
-    ln._PROOFS = ln._ProofRegistry()  # all unproven (restored by monkeypatch)
+    sel._PROOFS = sel.ProofRegistry()  # all unproven (restored by monkeypatch)
     mods = {
         "aten_reduced": make_norm("cuda", torch.bfloat16, seed=rep),
         "fp32_params": make_norm("cuda", torch.float32, seed=rep),
@@ -274,9 +276,9 @@ def _proof_race_once(rep):
 def test_concurrency_fast_path_proofs_race(monkeypatch, triton_gate):
     """Threads reach the first-use proofs of the fast paths at the same time."""
     if triton_gate == "any_size":
-        if ln.triton is None:
+        if kb.triton is None:
             pytest.skip("needs Triton")
-        monkeypatch.setattr(ln, "_TRITON_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(ln, "_PROOFS", ln._PROOFS)  # restore it afterwards
+        monkeypatch.setattr(sel, "_TRITON_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(sel, "_PROOFS", sel._PROOFS)  # restore it afterwards
     for rep in range(3):
         _proof_race_once(rep)

@@ -19,6 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_select as sel
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 HAS_CUDA = torch.cuda.is_available()
@@ -38,9 +40,9 @@ def _dtype_id(d):
 def route(request, monkeypatch):
     """The default size gate, or every size routed to the Triton kernels."""
     if request.param == "triton_at_any_size":
-        if ln.triton is None:
+        if kb.triton is None:
             pytest.skip("needs Triton")
-        monkeypatch.setattr(ln, "_TRITON_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(sel, "_TRITON_MIN_ELEMENTS", 0)
     return request.param
 
 

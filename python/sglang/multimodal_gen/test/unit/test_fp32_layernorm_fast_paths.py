@@ -17,16 +17,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_select as sel
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 HAS_CUDA = torch.cuda.is_available()
-needs_triton = pytest.mark.skipif(ln.triton is None, reason="needs Triton")
+needs_triton = pytest.mark.skipif(kb.triton is None, reason="needs Triton")
 
 
 @pytest.fixture
 def triton_at_any_size(monkeypatch):
     """Route even small test inputs to the Triton kernels (normally size-gated)."""
-    monkeypatch.setattr(ln, "_TRITON_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(sel, "_TRITON_MIN_ELEMENTS", 0)
 
 
 SWEEP_DIMS = (8, 64, 100, 320, 1000, 1280, 1536, 3072, 4096, 5120, 8192, 12288)
@@ -84,7 +86,9 @@ def test_fp32_layer_norm_cuda_sweep_is_bit_identical(
     dim, params, dtype, route, monkeypatch
 ):
     # "kernel": the Triton kernel wherever it applies; "aten": size-gated off it
-    monkeypatch.setattr(ln, "_TRITON_MIN_ELEMENTS", 0 if route == "kernel" else 1 << 62)
+    monkeypatch.setattr(
+        sel, "_TRITON_MIN_ELEMENTS", 0 if route == "kernel" else 1 << 62
+    )
     m = make_norm(dim, dtype, params)
     gen = torch.Generator().manual_seed(dim)
     taken = set()
@@ -96,7 +100,7 @@ def test_fp32_layer_norm_cuda_sweep_is_bit_identical(
         assert torch.equal(y, ref), f"{name}: {(y != ref).sum().item()} differ"
         taken.add(ln.fp32_layer_norm_path(x, (dim,), m.weight, m.bias))
     pdtype = m.weight.dtype if m.weight is not None else dtype
-    kernel = route == "kernel" and ln.triton is not None and ln._kernel_shape_ok(dim)
+    kernel = route == "kernel" and kb.triton is not None and kb._kernel_shape_ok(dim)
     if kernel:
         assert "triton" in taken
     elif pdtype == dtype:
@@ -114,9 +118,9 @@ def test_triton_path_is_proven_and_used(dtype, monkeypatch):
     m = make_norm(5120, dtype, "fp32")
     x = torch.randn(4, 77, 5120, device="cuda").to(dtype)
     calls = []
-    real = ln._launch_fp32_norm
+    real = kb._launch_fp32_norm
     monkeypatch.setattr(
-        ln, "_launch_fp32_norm", lambda *a, **k: calls.append(1) or real(*a, **k)
+        kb, "_launch_fp32_norm", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     with torch.no_grad():
         y = m(x)
@@ -134,7 +138,7 @@ def test_triton_kernel_stats_match_aten():
     for dim in (64, 320, 1280, 5120, 8192):
         x = torch.randn(513, dim, generator=gen, device="cuda") * 4 - 1
         w = torch.randn(dim, generator=gen, device="cuda")
-        y, (mean, rstd) = ln._launch_fp32_norm(x, w, None, 1e-5, store_stats=True)
+        y, (mean, rstd) = kb._launch_fp32_norm(x, w, None, 1e-5, store_stats=True)
         ref, ref_mean, ref_rstd = torch.native_layer_norm(x, (dim,), w, None, 1e-5)
         assert torch.equal(mean, ref_mean.flatten())
         assert torch.equal(rstd, ref_rstd.flatten())
@@ -260,7 +264,7 @@ def test_fused_modules_match_the_uncached_reference_at_wan_shape():
 def test_small_inputs_skip_the_triton_launch():
     m = make_norm(1280, torch.bfloat16, "fp32")
     small = torch.randn(257, 1280, device="cuda").bfloat16()
-    large = torch.empty(ln._TRITON_MIN_ELEMENTS // 1280 + 1, 1280, device="cuda")
+    large = torch.empty(sel._TRITON_MIN_ELEMENTS // 1280 + 1, 1280, device="cuda")
     large = large.bfloat16()
     assert ln.fp32_layer_norm_path(small, (1280,), m.weight, m.bias) == "cached"
     assert ln.fp32_layer_norm_path(large, (1280,), m.weight, m.bias) == "triton"
@@ -294,13 +298,13 @@ def test_cpu_stays_on_the_cached_route():
 def test_cpu_fused_modules_take_the_native_chain():
     m = ln.ScaleResidualLayerNormScaleShift(64, elementwise_affine=True)
     x = torch.randn(1, 8, 64).bfloat16()
-    assert not ln._fused_kernel_ok(m.norm, x, x, x, x)
+    assert ln.fused_norm_path(m, x, x, x, residual=x, gate=x) == "native"
     with torch.no_grad():
         assert ln._fused_norm_modulate(m, x, x, x, residual=x, gate=x) is None
 
 
 def test_reference_switch_bypasses_cache_and_fast_paths(monkeypatch):
-    monkeypatch.setattr(ln, "_FORCE_REFERENCE", True)
+    monkeypatch.setattr(sel, "_FORCE_REFERENCE", True)
     m = make_norm(64, torch.bfloat16, "same", device="cpu")
     x = torch.randn(5, 64).bfloat16()
     assert ln.fp32_layer_norm_path(x, (64,), m.weight, m.bias) == "reference"
@@ -331,7 +335,7 @@ def test_reference_switch_is_read_from_the_environment(value, expected):
 
 
 def test_proof_registry_rejects_a_mismatching_fast_path():
-    registry = ln._ProofRegistry()
+    registry = sel.ProofRegistry()
     cpu = torch.device("cpu")
 
     def make_inputs():
@@ -352,7 +356,7 @@ def _triton_binder():
     from triton.compiler import make_backend
     from triton.runtime import jit
 
-    kernel = ln._fp32_norm_kernel
+    kernel = kb._fp32_norm_kernel
     backend = make_backend(GPUTarget("cuda", 90, 64))
     return jit.create_function_from_signature(kernel.signature, kernel.params, backend)
 
@@ -366,8 +370,8 @@ def test_kernel_launcher_key_covers_triton_specialization():
     varied alone over dtypes and offsets that straddle 16-byte alignment.
     """
     binder = _triton_binder()
-    kernel = ln._fp32_norm_kernel
-    n_ptr = ln._N_POINTER_ARGS
+    kernel = kb._fp32_norm_kernel
+    n_ptr = kb._N_POINTER_ARGS
     assert kernel.arg_names[n_ptr] == "stride_x" and "eps" in kernel.arg_names
     n_ints = kernel.arg_names.index("eps") - n_ptr
     constexprs = {name: 0 for name in kernel.arg_names[n_ptr + n_ints + 1 :]}
@@ -386,7 +390,7 @@ def test_kernel_launcher_key_covers_triton_specialization():
             _, spec, _ = binder(
                 *args, **constexprs, num_warps=4, enable_fp_fusion=False
             )
-            key = ln._launch_spec(value)
+            key = kb._launch_spec(value)
             assert by_key.setdefault(key, spec[pos]) == spec[pos], (pos, value)
         assert len(by_key) == 6  # 3 dtypes x aligned or not
     # the float eps, left out of the key, is not specialized on
@@ -403,8 +407,8 @@ def test_kernel_launcher_key_covers_triton_specialization():
 def test_direct_launches_match_the_reference(dtype, monkeypatch):
     """Repeat launches (direct) equal first launches (Triton's) and the reference,
     across alignments and strides that change the kernel's specialization."""
-    monkeypatch.setattr(ln, "_LAUNCHER", ln._KernelLauncher())
-    assert ln._LAUNCHER.enabled
+    monkeypatch.setattr(kb, "_LAUNCHER", kb._KernelLauncher())
+    assert kb._LAUNCHER.enabled
     gen = torch.Generator().manual_seed(5)
     dim = 1280
     w = torch.randn(dim, generator=gen).cuda()
@@ -414,6 +418,6 @@ def test_direct_launches_match_the_reference(dtype, monkeypatch):
         for rows in (1, 16, 33):
             x = flat[offset : offset + rows * dim].view(rows, dim)
             for _ in range(2):
-                y = ln._launch_fp32_norm(x, w, b, 1e-6)
+                y = kb._launch_fp32_norm(x, w, b, 1e-6)
                 assert torch.equal(y, reference(x, (dim,), w, b, 1e-6)), (offset, rows)
-    assert len(ln._LAUNCHER._kernels) >= 2
+    assert len(kb._LAUNCHER._kernels) >= 2

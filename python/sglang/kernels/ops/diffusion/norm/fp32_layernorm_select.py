@@ -1,0 +1,326 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Path selection and first-use proof for the bit-exact fp32 LayerNorm family.
+
+``FP32LayerNorm`` and the LayerNorm adaLN modules call into this module; it
+picks the fastest path that is bit-identical to their reference and proves it
+on the device at hand before taking it:
+
+* ``fp32_layernorm_path`` names the single-pass path for given operands;
+* ``try_fp32_layernorm_single_pass`` runs it (``None``: take the caller's own
+  cached path);
+* ``try_fused_layernorm_scale_shift`` runs the fused kernel against a reference
+  chain that the caller passes in (``None``: run that chain).
+
+A fast path is only taken after it reproduced its reference bit for bit on this
+device and torch build, on random inputs of the configuration at hand
+(``ProofRegistry``). The unit tests run the same comparison over a wide sweep;
+the proof guards builds the tests never saw.
+"""
+
+import math
+import os
+import threading
+import warnings
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from sglang.kernels.ops.diffusion.norm.fp32_layernorm_bitexact import (
+    _aligned,
+    can_use_fp32_layernorm_bitexact,
+    can_use_fused_layernorm_scale_shift_bitexact,
+    fp32_layernorm_bitexact,
+    fused_layernorm_scale_shift_bitexact,
+    fused_scale_residual_layernorm_scale_shift_bitexact,
+)
+
+# A/B and debugging switch: every FP32LayerNorm (standalone or inside the fused
+# modulation modules) computes the uncached fp32 reference on every call.
+FP32_LAYERNORM_REFERENCE_ENV = "SGLANG_DIFFUSION_FP32_LAYERNORM_REFERENCE"
+_FORCE_REFERENCE = os.environ.get(FP32_LAYERNORM_REFERENCE_ENV, "").strip().lower() in (
+    "1",
+    "true",
+    "yes",
+    "on",
+)
+
+# Below this many elements the Triton launch (host time) costs more than the
+# equally exact ATen routes or the eager modulation chain (measured, H200).
+_TRITON_MIN_ELEMENTS = 1 << 22
+
+_REDUCED_FLOAT_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def force_reference() -> bool:
+    """Whether the reference env switch is on (read once, at import)."""
+    return _FORCE_REFERENCE
+
+
+def is_capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def fp32_layernorm_reference(
+    x: torch.Tensor,
+    normalized_shape: Tuple[int, ...],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+) -> torch.Tensor:
+    """The uncached reference every fp32 LayerNorm path is bit-identical to:
+    ``F.layer_norm(x.float(), shape, w.float(), b.float(), eps).to(x.dtype)``,
+    with the parameters moved to ``x``'s device."""
+    device = x.device
+    w = None if weight is None else weight.float().to(device=device)
+    b = None if bias is None else bias.float().to(device=device)
+    return F.layer_norm(x.float(), tuple(normalized_shape), w, b, eps).to(x.dtype)
+
+
+class ProofRegistry:
+    """Per-process record of which fast paths matched their reference here.
+
+    ``proven(key, ...)`` checks a configuration once (outside CUDA graph
+    capture, where nothing may synchronize) and remembers the verdict; a
+    mismatch disables that configuration for the process with one warning.
+    """
+
+    def __init__(self) -> None:
+        self._verdicts: dict = {}
+        # re-entrant: a reference may itself run through FP32LayerNorm
+        self._lock = threading.RLock()
+
+    def verdict(self, key) -> Optional[bool]:
+        """The recorded verdict, without checking (``None``: not checked yet)."""
+        return self._verdicts.get(key)
+
+    def proven(self, key, device, fast_fn, ref_fn, make_inputs) -> bool:
+        verdict = self._verdicts.get(key)
+        if verdict is not None:
+            return verdict
+        if is_capturing(device):
+            return False
+        with self._lock:
+            verdict = self._verdicts.get(key)
+            if verdict is None:
+                verdict = self._check(key, fast_fn, ref_fn, make_inputs)
+                self._verdicts[key] = verdict
+        return verdict
+
+    @staticmethod
+    def _check(key, fast_fn, ref_fn, make_inputs) -> bool:
+        args = make_inputs()
+        with torch.no_grad():
+            fast = fast_fn(*args)
+            ref = ref_fn(*args)
+        fast = fast if isinstance(fast, tuple) else (fast,)
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        ok = len(fast) == len(ref) and all(
+            a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(fast, ref)
+        )
+        if not ok:
+            warnings.warn(
+                f"FP32LayerNorm fast path {key} is not bit-identical to the fp32 "
+                "reference on this device/torch build; using the reference path",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return ok
+
+    def clear(self) -> None:
+        with self._lock:
+            self._verdicts.clear()
+
+
+_PROOFS = ProofRegistry()
+
+
+def _random_rows(rows: int, dim: int, dtype, device, gen) -> torch.Tensor:
+    # an offset mean and uneven scale exercise the centring, not just the scaling
+    t = torch.randn(rows, dim, generator=gen, device=device, dtype=torch.float32)
+    return (t * 3.0 + 0.5).to(dtype)
+
+
+def _like(p: Optional[torch.Tensor], dim: int, device, gen) -> Optional[torch.Tensor]:
+    if p is None:
+        return None
+    return torch.randn(dim, generator=gen, device=device).to(p.dtype)
+
+
+def _dtype_of(t: Optional[torch.Tensor]) -> Optional[torch.dtype]:
+    return None if t is None else t.dtype
+
+
+def fp32_layernorm_path(
+    x: torch.Tensor,
+    normalized_shape: Tuple[int, ...],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+) -> str:
+    """Name the single-pass path for these operands when grad is off.
+
+    ``"triton"``: ``fp32_layernorm_bitexact`` (see its predicate), for inputs of
+    at least ``_TRITON_MIN_ELEMENTS`` elements. ``"aten_reduced"``: other CUDA
+    bf16/fp16 inputs with parameters absent or in the input dtype, all aligned:
+    ATen's reduced-precision kernel, which computes in fp32 internally in the
+    same order as its fp32 kernel. ``"cached"``: everything else (CPU, fp32
+    input, misaligned or mixed operands): the caller's cached fp32 parameter
+    copies and ``F.layer_norm`` on ``x.float()``. ``"reference"``: the env
+    switch is set.
+
+    Alignment matters because the reference runs ATen's fp32 kernel, which picks
+    its (replayed) vectorized variant only for 16-byte-aligned operands: fresh
+    ``.float()`` copies always are, fp32 parameters are passed as they are.
+    """
+    if _FORCE_REFERENCE:
+        return "reference"
+    if x.device.type != "cuda" or x.dtype not in _REDUCED_FLOAT_DTYPES:
+        return "cached"
+    params = [p for p in (weight, bias) if p is not None]
+    if any(p.device != x.device for p in params):
+        return "cached"
+    if x.numel() >= _TRITON_MIN_ELEMENTS and can_use_fp32_layernorm_bitexact(
+        x, normalized_shape, weight, bias
+    ):
+        return "triton"
+    if all(p.dtype == x.dtype for p in params):
+        # ATen picks its kernel by alignment; the reference (fresh fp32 copies)
+        # always gets the vectorized one, so ours must too
+        vec_bytes = 4 * x.element_size()
+        x_ok = not x.is_contiguous() or _aligned(x, vec_bytes)
+        if x_ok and all(_aligned(p, vec_bytes) for p in params):
+            return "aten_reduced"
+    return "cached"
+
+
+def _triton_layer_norm(x, normalized_shape, weight, bias, eps):
+    return fp32_layernorm_bitexact(x, weight, bias, eps)
+
+
+_SINGLE_PASS = {"aten_reduced": F.layer_norm, "triton": _triton_layer_norm}
+
+
+def try_fp32_layernorm_single_pass(
+    x: torch.Tensor,
+    normalized_shape: Tuple[int, ...],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+) -> Optional[torch.Tensor]:
+    """One pass over ``x`` where a path is proven here; ``None`` otherwise."""
+    path = fp32_layernorm_path(x, normalized_shape, weight, bias)
+    fast = _SINGLE_PASS.get(path)
+    if fast is None:
+        return None
+    shape = tuple(normalized_shape)
+    key = (path, x.device, x.dtype, shape, _dtype_of(weight), _dtype_of(bias))
+    if not _PROOFS.verdict(key):
+
+        def make_inputs():
+            gen = torch.Generator(device=x.device).manual_seed(1245)
+            rows, dim = 257, math.prod(shape)
+            cx = _random_rows(rows, dim, x.dtype, x.device, gen)
+            cw, cb = _like(weight, dim, x.device, gen), _like(bias, dim, x.device, gen)
+            cw = None if cw is None else cw.view(shape)
+            cb = None if cb is None else cb.view(shape)
+            return cx.view(rows, *shape), shape, cw, cb, eps
+
+        if not _PROOFS.proven(
+            key, x.device, fast, fp32_layernorm_reference, make_inputs
+        ):
+            return None
+    return fast(x, shape, weight, bias, eps)
+
+
+def fused_layernorm_path(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    residual: Optional[torch.Tensor] = None,
+    gate: Optional[torch.Tensor] = None,
+) -> str:
+    """``"triton"`` where the fused kernel may replace the eager chain (grad
+    off, not compiling), else ``"native"``."""
+    if (
+        _FORCE_REFERENCE
+        or x.numel() < _TRITON_MIN_ELEMENTS
+        or torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+    ):
+        # below the size gate the launch costs more than the eager chain (H200)
+        return "native"
+    if not can_use_fused_layernorm_scale_shift_bitexact(
+        x, weight, bias, scale, shift, residual, gate
+    ):
+        return "native"
+    return "triton"
+
+
+def _fused_fast(x, weight, bias, eps, residual, gate, scale, shift):
+    if residual is None:
+        return fused_layernorm_scale_shift_bitexact(x, weight, bias, scale, shift, eps)
+    return fused_scale_residual_layernorm_scale_shift_bitexact(
+        residual, x, gate, weight, bias, scale, shift, eps
+    )
+
+
+def try_fused_layernorm_scale_shift(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    reference: Callable,
+    residual: Optional[torch.Tensor] = None,
+    gate: Optional[torch.Tensor] = None,
+):
+    """The fused kernel where proven against ``reference``; ``None`` otherwise.
+
+    ``reference(x, weight, bias, eps, residual, gate, scale, shift)`` is the
+    eager chain the kernel must reproduce (it returns the modulated output, or
+    ``(modulated, residual_output)`` with a residual).
+    """
+    if fused_layernorm_path(x, weight, bias, scale, shift, residual, gate) != "triton":
+        return None
+    dim = x.shape[-1]
+    key = ("fused", x.device, x.dtype, dim, _dtype_of(weight), _dtype_of(bias),
+           _dtype_of(residual), _dtype_of(gate), scale.dtype,
+           shift.dtype)  # fmt: skip
+    if not _PROOFS.verdict(key):
+
+        def make_inputs():
+            gen = torch.Generator(device=x.device).manual_seed(1245)
+            rows = 257
+
+            def rnd(dtype):
+                return _random_rows(1, rows * dim, dtype, x.device, gen).view(
+                    1, rows, dim
+                )
+
+            def mod_like(t):
+                return None if t is None else (rnd(t.dtype)[:, :1] * 0.3).contiguous()
+
+            cw, cb = _like(weight, dim, x.device, gen), _like(bias, dim, x.device, gen)
+            cres = None if residual is None else rnd(residual.dtype)
+            return (rnd(x.dtype), cw, cb, eps, cres, mod_like(gate),
+                    mod_like(scale), mod_like(shift))  # fmt: skip
+
+        if not _PROOFS.proven(key, x.device, _fused_fast, reference, make_inputs):
+            return None
+    return _fused_fast(x, weight, bias, eps, residual, gate, scale, shift)
+
+
+__all__ = [
+    "FP32_LAYERNORM_REFERENCE_ENV",
+    "ProofRegistry",
+    "force_reference",
+    "fp32_layernorm_path",
+    "fp32_layernorm_reference",
+    "fused_layernorm_path",
+    "is_capturing",
+    "try_fp32_layernorm_single_pass",
+    "try_fused_layernorm_scale_shift",
+]
