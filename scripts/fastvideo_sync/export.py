@@ -14,9 +14,11 @@ from pathlib import Path, PurePosixPath
 
 from .commands import our_symbol
 from .common import DRIFT, OK, ToolError, read_text, write_atomic
-from .manifest import Port, _check_relpath
+from .manifest import ExportStep, Port, _check_relpath
 from .origin import run_git
+from .routing import outside_lines
 from .splice import splice_class
+from .steps import Plan, copy_sources, run_copy, run_step
 from .symbols import parse_source, unified_diff
 
 
@@ -26,18 +28,43 @@ def _module_of(path: str) -> str:
 
 
 def _test_needs(test_text: str | None, module: str) -> set[str]:
-    """Names our test imports from the ported module; the export must have them."""
+    """Names a test uses from the ported module; the export must have them.
+
+    Both ``from module import name`` and attribute access through the module
+    (``from package import layernorm as ln`` then ``ln.name``) count.
+    """
     if not test_text:
         return set()
-    needs = set()
-    for node in ast.walk(parse_source(test_text, "our test")):
+    needs, aliases = set(), set()
+    package, _, leaf = module.rpartition(".")
+    tree = parse_source(test_text, "our test")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            if node.module == module:
+                needs.update(a.name for a in node.names if a.name != "*")
+            elif node.module == package:
+                aliases.update(a.asname or a.name for a in node.names if a.name == leaf)
+        elif isinstance(node, ast.Import):
+            aliases.update(
+                a.asname for a in node.names if a.name == module and a.asname
+            )
+    for node in ast.walk(tree):
         if (
-            isinstance(node, ast.ImportFrom)
-            and node.module == module
-            and not node.level
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
         ):
-            needs.update(a.name for a in node.names if a.name != "*")
+            needs.add(node.attr)
     return needs
+
+
+def _counts(old: str | None, new: str) -> str:
+    """``+added -removed`` lines, as git diff --stat counts them."""
+    added = removed = 0
+    for line in unified_diff(old or "", new, "a", "b").splitlines()[2:]:
+        added += line.startswith("+")
+        removed += line.startswith("-")
+    return f"+{added} -{removed}" + (" (new)" if old is None else "")
 
 
 def checkout_root(spec: str) -> Path:
@@ -109,29 +136,54 @@ def export_port(port: Port, repo_root: Path, args) -> tuple[dict, int]:
             f"--sglang {args.sglang}: work tree is dirty "
             f"({len(dirty.splitlines())} entries); commit or clean it first"
         )
-    dest = safe_destination(root, port.upstream_path)
-    if not dest.is_file():
-        raise ToolError(f"{port.upstream_path} not found in the checkout")
-    test_text = None
+    plan = Plan(root, safe_destination)
+    old = plan.current(port.upstream_path)
+    steps, class_needs = [], set()
+    # copies first: the class splice must provide what the copied tests use
+    copied = {}
+    legacy = ExportStep("copy", "target_test_path", replace=True)
     if port.target_test_path:
-        test_text = read_text(repo_root / port.target_test_path, port.target_test_path)
-        test_dest = safe_destination(root, port.upstream_test_path)
-    old = read_text(dest, port.upstream_path)
+        legacy.paths = [port.target_test_path]
+    globbed = set()
+    for step in port.export:
+        if step.kind == "copy":
+            globbed.update(copy_sources(step, repo_root))
+    legacy_needed = bool(port.target_test_path) and port.target_test_path not in globbed
+    for step in [legacy] * legacy_needed + port.export:
+        if step.kind == "copy":
+            report = run_copy(step, repo_root, plan)
+            copied.update(report["files"])
+            steps.append({"kind": "copy", "where": step.where, **report})
+    for step in port.export:
+        if step.kind != "copy":
+            report, needs = run_step(step, repo_root, plan, port.upstream_path)
+            class_needs |= needs
+            steps.append(
+                {"kind": step.kind, "where": step.where, "path": step.dest, **report}
+            )
+    module = _module_of(port.upstream_path)
+    test_needs = set()
+    for rel in copied:
+        if rel.endswith(".py"):
+            test_needs |= _test_needs(plan.current(rel), module)
     ours_text = read_text(repo_root / port.target_path, port.target_path)
-    needs = _test_needs(test_text, _module_of(port.upstream_path))
-    splice = splice_class(old, ours_text, port.target_symbol, port.upstream_name, needs)
-    changes = [(port.upstream_path, old, splice.text)]
-    test_state = None
-    if test_text is not None:
-        old_test = (
-            test_dest.read_bytes().decode("utf-8") if test_dest.exists() else None
+    splice = splice_class(
+        plan.current(port.upstream_path),
+        ours_text,
+        port.target_symbol,
+        port.upstream_name,
+        test_needs | class_needs,
+    )
+    plan.set(port.upstream_path, splice.text)
+    outside = outside_lines(old, splice.text, port.upstream_name)
+    limit = port.export_max_outside_lines
+    if limit and outside > limit:
+        raise ToolError(
+            f"{port.upstream_path}: {outside} changed lines outside "
+            f"{port.upstream_name}, more than export_max_outside_lines = {limit}; "
+            "shrink what the class, the routing and the tests need at module level"
         )
-        test_state = (
-            "added"
-            if old_test is None
-            else ("same" if old_test == test_text else "replaced")
-        )
-        changes.append((port.upstream_test_path, old_test, test_text))
+    changes = plan.changes()
     if args.patch:
         Path(args.patch).write_bytes(git_patch(changes).encode("utf-8"))
     if not args.dry_run:
@@ -140,6 +192,8 @@ def export_port(port: Port, repo_root: Path, args) -> tuple[dict, int]:
                 path = safe_destination(root, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, after)
+    test_state = copied.get(port.upstream_test_path) if port.target_test_path else None
+    needs = test_needs
     report = {
         "name": port.name,
         "checkout": str(root),
@@ -155,6 +209,14 @@ def export_port(port: Port, repo_root: Path, args) -> tuple[dict, int]:
         "conflicts": splice.conflicts,
         "needed_by_test": sorted(needs),
         "test": {"path": port.upstream_test_path, "state": test_state},
+        "outside_class_lines": outside,
+        "outside_class_limit": limit or None,
+        "steps": steps,
+        "files": {
+            rel: _counts(before, after)
+            for rel, before, after in changes
+            if before != after
+        },
         "patch": str(args.patch) if args.patch else None,
         "written": not args.dry_run,
         "ours_state": state,
@@ -185,6 +247,24 @@ def _export_text(report: dict) -> str:
         lines.append(
             f"  test      {report['test']['path']} ({report['test']['state']})"
         )
+    limit = report["outside_class_limit"]
+    lines.append(
+        f"  outside   {report['outside_class_lines']} changed lines outside "
+        f"{report['class']}" + (f" (limit {limit})" if limit else "")
+    )
+    for step in report["steps"]:
+        lines.append(f"  step      {step['kind']} {step.get('path', '')}".rstrip())
+        for key, value in step.items():
+            if key in ("kind", "where", "path") or not value:
+                continue
+            if isinstance(value, dict):
+                value = [f"{k} ({v})" for k, v in value.items()]
+            if isinstance(value, list):
+                lines += [f"    {key:<9} {item}" for item in value]
+            else:
+                lines.append(f"    {key:<9} {value}")
+    for rel, counts in report["files"].items():
+        lines.append(f"  file      {rel} {counts}")
     if report["patch"]:
         lines.append(f"  patch     {report['patch']}")
     return "\n".join(lines)

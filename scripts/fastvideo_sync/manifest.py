@@ -44,6 +44,8 @@ _OPTIONAL = {
     "upstream_test_path": str,
     "not_ported": list,
     "notes": str,
+    "export": list,
+    "export_max_outside_lines": int,
 }
 _PATH_KEYS = (
     "origin_path",
@@ -76,6 +78,8 @@ class Port:
     upstream_test_path: str = ""
     not_ported: list = field(default_factory=list)
     notes: str = ""
+    export: list = field(default_factory=list)  # of ExportStep, manifest order
+    export_max_outside_lines: int = 0  # 0: no limit
 
     @property
     def pr_ref(self) -> str:
@@ -122,7 +126,112 @@ def _validate_port(raw: object, index: int) -> Port:
             raise ToolError(f"{where}: {key} {raw[key]!r} is not an ast1 fingerprint")
     if bool(raw.get("target_test_path")) != bool(raw.get("upstream_test_path")):
         raise ToolError(f"{where}: set both target_test_path and upstream_test_path")
-    return Port(index=index, **raw)
+    if raw.get("export_max_outside_lines", 0) < 0:
+        raise ToolError(f"{where}: export_max_outside_lines must be >= 0")
+    steps = [
+        _validate_step(step, f"{where} [[port.export]] #{i + 1}")
+        for i, step in enumerate(raw.get("export", []))
+    ]
+    return Port(index=index, **{**raw, "export": steps})
+
+
+################################################################################
+# [[port.export]]: what ``export`` writes besides the spliced class
+################################################################################
+# kind -> (required keys, optional keys); every kind also takes the _STEP_COMMON
+# keys. The kinds (see docs/origin-sync.md, "export"):
+#   copy       our files, verbatim (paths may be globs over our tree)
+#   prelude    our method's statements before its final return, put at the top
+#              of upstream's method (upstream's body stays as the fallback)
+#   functions  upstream's top-level functions / Class.methods replaced by ours
+#   defs       our top-level definitions appended before upstream's __all__,
+#              our names added to it
+#   facade     our _SPECS tuples and _EXPORTS entries added to upstream's
+#   tables     our markdown table rows appended to upstream's tables, by heading
+_STEP_KINDS = {
+    "copy": ({"paths"}, {"replace"}),
+    "prelude": ({"path", "methods"}, set()),
+    "functions": ({"path"}, {"symbols"}),
+    "defs": ({"path"}, set()),
+    "facade": ({"path"}, {"specs", "exports", "after_comment"}),
+    "tables": ({"path"}, set()),
+}
+_STEP_COMMON = {"kind", "upstream_path", "optional", "note"}
+_STEP_TYPES = {
+    "kind": str,
+    "path": str,
+    "upstream_path": str,
+    "paths": list,
+    "methods": list,
+    "symbols": list,
+    "replace": bool,
+    "optional": bool,
+    "specs": str,
+    "exports": str,
+    "after_comment": str,
+    "note": str,
+}
+
+
+@dataclass
+class ExportStep:
+    """One ``[[port.export]]`` table; ``upstream_path`` defaults to ``path``."""
+
+    kind: str
+    where: str
+    path: str = ""
+    upstream_path: str = ""
+    paths: list = field(default_factory=list)
+    methods: list = field(default_factory=list)
+    symbols: list = field(default_factory=list)
+    replace: bool = False
+    optional: bool = False  # skip the step when our file is absent
+    specs: str = "_SPECS"
+    exports: str = "_EXPORTS"
+    after_comment: str = ""
+    note: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.upstream_path or self.path
+
+
+def _validate_step(raw: object, where: str) -> ExportStep:
+    if not isinstance(raw, dict):
+        raise ToolError(f"{where}: not a table")
+    kind = raw.get("kind")
+    if kind not in _STEP_KINDS:
+        raise ToolError(f"{where}: kind must be one of {', '.join(_STEP_KINDS)}")
+    required, optional = _STEP_KINDS[kind]
+    unknown = sorted(set(raw) - required - optional - _STEP_COMMON)
+    if unknown:
+        raise ToolError(f"{where}: unknown keys for kind {kind}: {', '.join(unknown)}")
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ToolError(f"{where}: kind {kind} needs {', '.join(missing)}")
+    for key, value in raw.items():
+        if not isinstance(value, _STEP_TYPES[key]):
+            raise ToolError(f"{where}: {key} must be a {_STEP_TYPES[key].__name__}")
+        if isinstance(value, list) and not all(
+            isinstance(item, str) and item for item in value
+        ):
+            raise ToolError(f"{where}: {key} must be a list of non-empty strings")
+    for key in ("path", "upstream_path"):
+        if key in raw:
+            _check_relpath(raw[key], f"{where} {key}")
+    for pattern in raw.get("paths", []):
+        _check_relpath(pattern, f"{where} paths")
+    if kind == "copy" and not raw["paths"]:
+        raise ToolError(f"{where}: paths is empty")
+    if kind == "copy" and "upstream_path" in raw:
+        raise ToolError(f"{where}: copy keeps our paths; upstream_path is not allowed")
+    for name in raw.get("methods", []):
+        if name.count(".") != 1:
+            raise ToolError(f"{where}: methods take Class.method names, got {name!r}")
+    for name in raw.get("symbols", []):
+        if name.count(".") > 1:
+            raise ToolError(f"{where}: symbols are name or Class.method, got {name!r}")
+    return ExportStep(where=where, **raw)
 
 
 def load_manifest(path: Path) -> list[Port]:
