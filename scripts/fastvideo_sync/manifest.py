@@ -119,6 +119,12 @@ def _validate_port(raw: object, index: int) -> Port:
             isinstance(part.get(k), str) for k in ("path", "reason")
         ):
             raise ToolError(f"{where}: each not_ported needs path and reason strings")
+        # a key meant for [[port]] written below a [[port.not_ported]] lands here
+        unknown = sorted(set(part) - {"path", "what", "reason"})
+        if unknown:
+            raise ToolError(
+                f"{where}: not_ported has unknown keys {', '.join(unknown)}"
+            )
     if not _SHA_RE.match(raw["origin_commit"]):
         raise ToolError(f"{where}: origin_commit must be a full 40-hex commit id")
     for key in ("origin_fingerprint", "target_fingerprint"):
