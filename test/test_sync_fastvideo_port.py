@@ -23,9 +23,9 @@ if sys.version_info < (3, 11):
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "sync_fastvideo_port.py"
 sys.path.insert(0, str(SCRIPT.parent))  # the fastvideo_sync package
-from fastvideo_sync import cli, common, manifest  # noqa: E402
+from fastvideo_sync import cli, common, inplace, manifest  # noqa: E402
 from fastvideo_sync import origin as origin_git  # noqa: E402
-from fastvideo_sync import splice, symbols  # noqa: E402
+from fastvideo_sync import routing, splice, symbols  # noqa: E402
 
 ORIGIN_PATH = "fastvideo/layers/layernorm.py"
 TARGET_PATH = "python/sglang/multimodal_gen/runtime/layers/layernorm.py"
@@ -673,6 +673,432 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, ours):
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+
+
+################################################################################
+# export steps ([[port.export]]) on small synthetic files
+################################################################################
+UP_NUMERICS = '''"""Upstream numerics."""
+
+import triton
+
+
+@triton.jit
+def up_one(x):
+    return x
+
+
+__all__ = [
+    "up_one",
+    "zeta",
+]
+'''
+OUR_NUMERICS = '''"""Our numerics."""
+
+import math
+
+import triton
+
+
+# ours: why it exists
+@triton.jit
+def our_b(x):
+    return math.floor(x)
+
+
+def up_one(x):
+    return x
+
+
+__all__ = ["our_b", "up_one"]
+'''
+UP_FACADE = """_CUDA = 1
+_SPECS = (
+    ("op.a", "B.T", "x:y", _CUDA),
+    (
+        "op.b",
+        "B.T",
+        "x:z",
+        _CUDA,
+    ),
+)
+
+_EXPORTS = {
+    "a": "m.a",
+    # Normalization: upstream's
+    "b": "m.b",
+}
+"""
+OUR_FACADE = """_CUDA = 1
+_SPECS = (
+    (
+        "op.b",
+        "B.T",
+        "x:other",
+        _CUDA,
+    ),
+    ("op.c", "B.T", "x:c", _CUDA),
+)
+_EXPORTS = {
+    # ours
+    "b": "m.b",
+    "c": "m.c",
+}
+"""
+UP_MD = """# Kernels
+
+### Norm variants
+
+| Entry point | Backend |
+|---|---|
+| `a` | Triton |
+
+```
+### not a heading
+| not a row |
+```
+
+### Other
+
+text
+"""
+OUR_MD = """### Norm variants
+
+| Entry point | Backend |
+|---|---|
+| `a` | Triton |
+| `ours` | Triton |
+
+### Brand new
+
+| X | Y |
+|---|---|
+| `n` | 1 |
+"""
+UP_ROUTED = '''class Fused:
+    def forward_cuda(self, x):
+        """Doc."""
+        if x > 100:
+            return "big"
+        return "upstream"
+
+    def other(self, x):
+        return x
+
+
+class Plain:
+    def forward_cuda(
+        self, x
+    ):
+        # upstream's comment
+        return "plain"
+'''
+OUR_ROUTED = '''def _ours(x):
+    return "ours" if x == 1 else None
+
+
+class Fused:
+    def forward_cuda(self, x):
+        out = _ours(x)
+        if out is not None:
+            return out
+        # the fallback: upstream's own body
+        return "ours-fallback"
+
+
+class Plain:
+    def forward_cuda(self, x):
+        """Our doc."""
+        if x < 0:
+            return "neg"
+        return x
+'''
+UP_UPDATER = """import os
+
+
+def keep():
+    return os.sep
+
+
+# upstream comment
+def changed(a, b=1):
+    return "old"
+
+
+class Updater:
+    def method(self):
+        return "old"
+
+    def other(self):
+        return "other"
+"""
+OUR_UPDATER = """import json
+
+
+def changed(a, b=1):
+    return json.dumps("new")
+
+
+class Updater:
+    def method(self):
+        return "new"
+"""
+
+
+def _exec(text: str) -> dict:
+    namespace: dict = {}
+    exec(compile(text, "<exported>", "exec"), namespace)
+    return namespace
+
+
+def test_defs_appends_before_all_and_extends_it():
+    done = inplace.extend_defs(UP_NUMERICS, OUR_NUMERICS)
+    assert done.added == ["our_b"]
+    assert done.conflicts == ["up_one: upstream has it (kept)"]
+    assert inplace.additions_only(UP_NUMERICS, done.text, "n") > 0
+    assert "import math\n" in done.text
+    assert "# ours: why it exists\n@triton.jit\ndef our_b(x):" in done.text
+    assert '    "our_b",\n    "up_one",\n    "zeta",\n]' in done.text
+    assert done.text.index("def our_b") < done.text.index("__all__")
+    assert done.text.count("def up_one") == 1
+
+
+def test_defs_one_line_all_gets_an_added_statement():
+    up = UP_NUMERICS.replace('[\n    "up_one",\n    "zeta",\n]', '["up_one"]')
+    done = inplace.extend_defs(up, OUR_NUMERICS)
+    assert done.text.endswith('__all__ = ["up_one"]\n__all__ += ["our_b"]\n')
+    inplace.additions_only(up, done.text, "n")
+
+
+def test_facade_inserts_specs_and_exports_without_duplicates():
+    done = inplace.extend_facade(
+        UP_FACADE, OUR_FACADE, "_SPECS", "_EXPORTS", "# Normalization"
+    )
+    assert inplace.additions_only(UP_FACADE, done.text, "f") == 2
+    assert done.added == ['_SPECS "op.c" "B.T"', "_EXPORTS c"]
+    assert done.conflicts == [
+        '_SPECS "op.b" "B.T": upstream has it (kept)',
+        "_EXPORTS b: upstream has it (same)",
+    ]
+    assert '    ("op.c", "B.T", "x:c", _CUDA),\n)' in done.text
+    assert '# Normalization: upstream\'s\n    "c": "m.c",\n    "b"' in done.text
+    namespace = _exec(done.text)
+    assert [s[0] for s in namespace["_SPECS"]] == ["op.a", "op.b", "op.c"]
+    assert list(namespace["_EXPORTS"]) == ["a", "c", "b"]
+    no_anchor = inplace.extend_facade(UP_FACADE, OUR_FACADE, "_SPECS", "_EXPORTS", "")
+    assert list(_exec(no_anchor.text)["_EXPORTS"]) == ["a", "b", "c"]
+
+
+def test_facade_spec_naming_an_unknown_name_is_an_error():
+    ours = OUR_FACADE.replace('"x:c", _CUDA', '"x:c", _ROCM')
+    with pytest.raises(common.ToolError, match="uses _ROCM: not in upstream"):
+        inplace.extend_facade(UP_FACADE, ours, "_SPECS", "_EXPORTS", "")
+
+
+def test_tables_append_rows_by_heading_and_new_sections_at_the_end():
+    done = inplace.extend_tables(UP_MD, OUR_MD)
+    assert inplace.additions_only(UP_MD, done.text, "md") > 0
+    assert "| `a` | Triton |\n| `ours` | Triton |\n\n```" in done.text
+    tail = "text\n\n### Brand new\n\n| X | Y |\n|---|---|\n| `n` | 1 |\n"
+    assert done.text.endswith(tail)
+    assert done.conflicts == ["### Norm variants: upstream has `a`"]
+    assert inplace.extend_tables(done.text, OUR_MD).text.count("`ours`") == 1
+
+
+def test_prelude_goes_first_and_upstream_body_stays_the_fallback():
+    done = routing.prepend_preludes(
+        UP_ROUTED, OUR_ROUTED, ["Fused.forward_cuda", "Plain.forward_cuda"]
+    )
+    assert done.routed == ["Fused.forward_cuda", "Plain.forward_cuda"]
+    assert "_ours" in done.needs
+    inplace.additions_only(UP_ROUTED, done.text, "routed")
+    assert '"""Doc."""\n        out = _ours(x)\n' in done.text
+    assert "fallback" not in done.text  # the comment over our final return stays
+    expected = '    ):\n        if x < 0:\n            return "neg"\n        # upstream'
+    assert expected in done.text
+    namespace = _exec(OUR_ROUTED.split("\n\n\n")[0] + "\n\n\n" + done.text)
+    fused, plain = namespace["Fused"](), namespace["Plain"]()
+    assert [fused.forward_cuda(x) for x in (1, 2, 101)] == ["ours", "upstream", "big"]
+    assert [plain.forward_cuda(x) for x in (-1, 1)] == ["neg", "plain"]
+    again = routing.prepend_preludes(done.text, OUR_ROUTED, ["Fused.forward_cuda"])
+    assert again.already == ["Fused.forward_cuda"] and again.text == done.text
+
+
+def test_prelude_needs_a_final_return():
+    ours = OUR_ROUTED.replace('        return "ours-fallback"\n', "        pass\n")
+    with pytest.raises(common.ToolError, match="must end with a return"):
+        routing.prepend_preludes(UP_ROUTED, ours, ["Fused.forward_cuda"])
+
+
+def test_functions_replaces_only_the_named_functions_and_methods():
+    done = routing.replace_functions(UP_UPDATER, OUR_UPDATER)
+    assert done.replaced == ["changed", "Updater.method"]
+    assert done.conflicts == []
+    text, imports, missing = routing.add_imports(done.text, OUR_UPDATER, done.needs)
+    assert imports == ["import json"] and not missing
+    assert sorted(changed_lines(UP_UPDATER, text)) == sorted(
+        [
+            "+import json",
+            '-    return "old"',
+            '-        return "old"',
+            '+    return json.dumps("new")',
+            '+        return "new"',
+        ]
+    )
+    namespace = _exec(text)
+    assert namespace["changed"](1) == '"new"' and namespace["keep"]() == os.sep
+    assert namespace["Updater"]().other() == "other"
+    assert "# upstream comment\ndef changed" in text
+    extra = OUR_UPDATER + "\n\ndef gone():\n    pass\n"
+    with pytest.raises(common.ToolError, match="no function gone"):
+        routing.replace_functions(UP_UPDATER, extra)
+
+
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        ('kind = "nope"\npath = "a.py"', "kind must be one of"),
+        ('kind = "prelude"\npath = "a.py"', "kind prelude needs methods"),
+        ('kind = "prelude"\npath = "a.py"\nmethods = ["f"]', "Class.method names"),
+        ('kind = "copy"\npaths = ["../x.py"]', "without '..'"),
+        ('kind = "defs"\npath = "a.py"\nbogus = 1', "unknown keys for kind defs"),
+        ('kind = "copy"\npaths = ["a.py"]\nreplace = "yes"', "replace must be a bool"),
+    ],
+)
+def test_manifest_export_steps_are_validated(tmp_path, origin, step, message):
+    ours = Ours(tmp_path / "ours", origin)
+    ours.manifest.write_text(ours.manifest.read_text() + f"\n[[port.export]]\n{step}\n")
+    with pytest.raises(common.ToolError, match=message):
+        manifest.load_manifest(ours.manifest)
+
+
+E2E_STEPS = """
+[[port.export]]
+kind = "prelude"
+path = "{target}"
+methods = ["After.forward_xpu"]
+
+[[port.export]]
+kind = "copy"
+paths = ["python/sglang/kernels/new_*.py"]
+
+[[port.export]]
+kind = "defs"
+path = "python/sglang/kernels/numerics.py"
+
+[[port.export]]
+kind = "facade"
+path = "python/sglang/kernels/__init__.py"
+after_comment = "# Normalization"
+
+[[port.export]]
+kind = "tables"
+path = "python/sglang/kernels/README.md"
+
+[[port.export]]
+kind = "functions"
+path = "python/sglang/updater.py"
+optional = true
+"""
+E2E_OURS_AFTER = """
+
+class After:
+    def forward_xpu(self):
+        out = _double(21)
+        if out is not None:
+            return out
+        return None
+"""
+E2E_FILES = {
+    "python/sglang/kernels/numerics.py": (UP_NUMERICS, OUR_NUMERICS),
+    "python/sglang/kernels/__init__.py": (UP_FACADE, OUR_FACADE),
+    "python/sglang/kernels/README.md": (UP_MD, OUR_MD),
+    "python/sglang/updater.py": (UP_UPDATER, OUR_UPDATER),
+}
+
+
+def _e2e(tmp_path, origin, limit=0, updater=False):
+    ours = Ours(tmp_path / "ours", origin)
+    text = ours.manifest.read_text().replace(
+        'upstream_test_path = "',
+        f'export_max_outside_lines = {limit}\nupstream_test_path = "',
+    )
+    ours.manifest.write_text(text + E2E_STEPS.format(target=TARGET_PATH))
+    (ours.root / TARGET_PATH).write_text(OURS + E2E_OURS_AFTER)
+    checkout = make_checkout(tmp_path / "sglang")
+    for rel, (up, our) in E2E_FILES.items():
+        if updater or "updater" not in rel:
+            (ours.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (ours.root / rel).write_text(our)
+        commit_file(checkout, rel, up, f"upstream {rel}")
+    (ours.root / "python/sglang/kernels/new_kernel.py").write_text("K = 1\n")
+    return ours, checkout
+
+
+def _masked(text: str) -> str:
+    """``text`` with FP32LayerNorm's lines replaced by one marker line."""
+    node = symbols.locate(text, "FP32LayerNorm", "t").node
+    lines = text.splitlines(True)
+    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    return "".join(lines[: first - 1] + ["CLASS\n"] + lines[node.end_lineno :])
+
+
+def test_export_steps_end_to_end(capsys, tmp_path, origin):
+    ours, checkout = _e2e(tmp_path, origin)
+    patch = tmp_path / "e2e.patch"
+    argv = ("export", "--sglang", str(checkout), "--patch", str(patch))
+    code, report, err = ours.run(capsys, *argv)
+    assert code == 0, err
+    port = report["ports"][0]
+    kinds = [(s["kind"], s.get("state")) for s in port["steps"]]
+    assert kinds[-1] == ("functions", "skipped (ours absent)")
+    assert port["files"]["python/sglang/kernels/new_kernel.py"] == "+1 -0 (new)"
+    for line in git(checkout, "diff", "--numstat").splitlines():
+        _, removed, rel = line.split("\t")
+        if rel != TARGET_PATH:
+            assert removed == "0", line  # extended in place: additions only
+    assert "updater" not in git(checkout, "status", "--porcelain")
+    module = _import_file(checkout / TARGET_PATH)
+    assert module.After().forward_xpu() == 42  # routed through our prelude
+    new = (checkout / TARGET_PATH).read_text()
+    diff = difflib.unified_diff(
+        _masked(UPSTREAM).splitlines(), _masked(new).splitlines(), n=0
+    )
+    outside = [d for d in diff if d[:1] in ("+", "-") and d[:3] not in ("+++", "---")]
+    assert port["outside_class_lines"] == len(outside) > 0  # blank lines count
+    fresh = make_checkout(tmp_path / "fresh")
+    for rel, (up, _) in E2E_FILES.items():
+        commit_file(fresh, rel, up, rel)
+    git(fresh, "apply", "--check", str(patch))
+
+
+def test_export_functions_step_when_ours_exists(capsys, tmp_path, origin):
+    ours, checkout = _e2e(tmp_path, origin, updater=True)
+    code, report, err = ours.run(capsys, "export", "--sglang", str(checkout))
+    assert code == 0, err
+    step = report["ports"][0]["steps"][-1]
+    assert step["replaced"] == ["changed", "Updater.method"]
+    assert step["imports_added"] == ["import json"]
+    assert "def keep" in (checkout / "python/sglang/updater.py").read_text()
+
+
+def test_export_outside_line_limit_fails_before_writing(capsys, tmp_path, origin):
+    ours, checkout = _e2e(tmp_path, origin, limit=3)
+    code, report, _ = ours.run(capsys, "export", "--sglang", str(checkout))
+    assert code == 2
+    assert "changed lines outside FP32LayerNorm, more than" in report["error"]
+    assert "export_max_outside_lines = 3" in report["error"]
+    assert git(checkout, "status", "--porcelain") == ""
+
+
+def test_export_copy_refuses_to_replace_a_different_upstream_file(
+    capsys, tmp_path, origin
+):
+    ours, checkout = _e2e(tmp_path, origin)
+    commit_file(checkout, "python/sglang/kernels/new_kernel.py", "K = 2\n", "clash")
+    code, report, _ = ours.run(capsys, "export", "--sglang", str(checkout))
+    assert code == 2
+    assert "set replace = true" in report["error"]
 
 
 ################################################################################
