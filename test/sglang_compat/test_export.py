@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``export`` into the whole SGLang 0.5.23 package, then test the exported tree.
+
+The installed ``sglang`` package of this venv is the wheel's package, so a git
+tree ``python/sglang/...`` copied from it is an upstream checkout as far as the
+export is concerned (offline; no download). The sync tool runs from this
+repo's ``scripts/`` as a subprocess; the exported tree is imported and tested
+only in child processes with ``PYTHONPATH=<tree>/python``, since this process
+already holds the installed ``sglang``.
+"""
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _harness import REPO
+
+SYNC = REPO / "scripts/sync_fastvideo_port.py"
+LAYERNORM = "python/sglang/multimodal_gen/runtime/layers/layernorm.py"
+NUMERICS = "python/sglang/kernels/numerics.py"
+FACADE = "python/sglang/kernels/ops/diffusion/__init__.py"
+README = "python/sglang/kernels/ops/diffusion/README.md"
+UPDATER = "python/sglang/multimodal_gen/runtime/post_training/weights_updater.py"
+UNIT = "python/sglang/multimodal_gen/test/unit"
+MAX_OUTSIDE = 80
+# upstream's own test, run unchanged against the export (beside ours in UNIT, so
+# that it imports the same way; the name keeps it apart from our file)
+UPSTREAM_TEST_COPY = f"{UNIT}/test_fp32_layernorm_upstream_original.py"
+
+
+def _git(cwd: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-c", "user.name=compat", "-c", "user.email=compat@example.com"]
+        + ["-c", "commit.gpgsign=false", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout
+
+
+def _installed_sglang() -> Path:
+    (location,) = importlib.util.find_spec("sglang").submodule_search_locations
+    return Path(location)
+
+
+def _upstream_tree(root: Path) -> Path:
+    shutil.copytree(
+        _installed_sglang(),
+        root / "python/sglang",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "sglang 0.5.23 (from the installed wheel)")
+    return root
+
+
+def _export(tree: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SYNC), "export", "--sglang", str(tree), "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(tree, the export's report, the patch file, a clean copy of the tree)."""
+    base = tmp_path_factory.mktemp("export")
+    tree = _upstream_tree(base / "sglang")
+    fresh = base / "fresh"
+    _git(base, "clone", "-q", str(tree), str(fresh))
+    patch = base / "export.patch"
+    done = _export(tree, "--patch", str(patch))
+    assert done.returncode == 0, done.stderr or done.stdout
+    (report,) = json.loads(done.stdout)["ports"]
+    return tree, report, patch, fresh
+
+
+def _changed(tree: Path) -> list[str]:
+    lines = _git(tree, "status", "--porcelain", "--untracked-files=all").splitlines()
+    return sorted(line[3:] for line in lines)
+
+
+def test_export_touches_only_the_pr_files(exported):
+    tree, report, _, _ = exported
+    allowed_updater = (REPO / UPDATER).is_file()
+    changed = _changed(tree)
+    assert LAYERNORM in changed
+    for rel in changed:
+        name = rel.rsplit("/", 1)[-1]
+        assert (
+            rel == LAYERNORM
+            or rel.startswith("python/sglang/kernels/")
+            or (rel == UPDATER and allowed_updater)
+            or (
+                rel.startswith(UNIT + "/")
+                and (name.startswith("test_") or name == "_shared.py")
+            )
+        ), rel
+    assert f"{UNIT}/_shared.py" in changed
+    assert f"{UNIT}/test_fp32_layernorm.py" in changed  # upstream's, replaced
+
+
+def _masked(text: str) -> list[str]:
+    """The lines of ``text`` with class FP32LayerNorm as one marker line."""
+    (node,) = [
+        n
+        for n in ast.parse(text).body
+        if isinstance(n, ast.ClassDef) and n.name == "FP32LayerNorm"
+    ]
+    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    lines = text.splitlines()
+    return lines[: first - 1] + ["<FP32LayerNorm>"] + lines[node.end_lineno :]
+
+
+def test_layernorm_changes_outside_the_class_stay_small(exported):
+    tree, report, _, _ = exported
+    old = _git(tree, "show", f"HEAD:{LAYERNORM}")
+    new = (tree / LAYERNORM).read_text()
+    diff = difflib.unified_diff(_masked(old), _masked(new), n=0, lineterm="")
+    outside = [d for d in diff if d[:1] in "+-" and d[:3] not in ("+++", "---")]
+    assert len(outside) == report["outside_class_lines"]
+    assert len(outside) <= MAX_OUTSIDE, "\n".join(outside)
+    assert {"forward_npu", "forward_xpu"} <= set(report["kept"])
+    routed = [s for s in report["steps"] if s["kind"] == "prelude"]
+    assert routed and set(routed[0]["routed"]) == {
+        "_NormScaleShift.forward_cuda",
+        "_ScaleResidualNormScaleShift.forward_cuda",
+    }
+
+
+@pytest.mark.parametrize("rel", [NUMERICS, FACADE, README])
+def test_extended_files_only_gain_lines(exported, rel):
+    tree, _, _, _ = exported
+    if not (REPO / rel).is_file():
+        pytest.skip(f"this tree has no {rel}")
+    numstat = _git(tree, "diff", "--numstat", "--", rel).split()
+    assert numstat, f"{rel} unchanged"
+    added, removed = int(numstat[0]), int(numstat[1])
+    assert added > 0 and removed == 0, numstat
+
+
+def test_patch_applies_to_a_clean_tree(exported):
+    _, _, patch, fresh = exported
+    _git(fresh, "apply", "--check", str(patch))
+
+
+def _child(tree: Path, args: list[str], timeout: float = 600):
+    env = {**os.environ, "PYTHONPATH": str(tree / "python")}
+    for key in ("SGLANG_FP32LN_IMPL", "SGLANG_PLUGINS", "SGLANG_COMPAT_APPLIED"):
+        env.pop(key, None)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _our_exports() -> list[str]:
+    tree = ast.parse((REPO / FACADE).read_text())
+    for stmt in tree.body:
+        target = getattr(stmt, "target", None) or (getattr(stmt, "targets", [None])[0])
+        if isinstance(target, ast.Name) and target.id == "_EXPORTS":
+            return [k.value for k in stmt.value.keys]
+    raise AssertionError("our facade has no _EXPORTS")
+
+
+def test_exported_tree_imports(exported):
+    tree, _, _, _ = exported
+    code = f"""
+import importlib, pathlib
+import sglang
+assert pathlib.Path(sglang.__file__).is_relative_to({str(tree)!r}), sglang.__file__
+ln = importlib.import_module("sglang.multimodal_gen.runtime.layers.layernorm")
+facade = importlib.import_module("sglang.kernels.ops.diffusion")
+for name in {_our_exports()!r}:
+    getattr(facade, name)
+assert hasattr(ln.FP32LayerNorm, "forward_npu") and hasattr(ln.FP32LayerNorm, "forward_xpu")
+print("ok")
+"""
+    done = _child(tree, ["-c", code])
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-4000:]
+
+
+def test_suites_pass_on_the_exported_tree(exported):
+    """Our exported suite and upstream's ORIGINAL test file, on the export."""
+    tree, report, _, _ = exported
+    shutil.copyfile(
+        _installed_sglang() / "multimodal_gen/test/unit/test_fp32_layernorm.py",
+        tree / UPSTREAM_TEST_COPY,
+    )
+    ours = sorted(
+        rel
+        for rel in _changed(tree)
+        if rel.startswith(UNIT + "/test_") and rel != UPSTREAM_TEST_COPY
+    )
+    args = ["-m", "pytest", "-q", "--noconftest", "-p", "no:cacheprovider"]
+    args += [f"--rootdir={tree}", "-rs", *ours, UPSTREAM_TEST_COPY]
+    done = _child(tree, args)
+    tail = (done.stdout + done.stderr)[-6000:]
+    assert done.returncode == 0, tail
+    assert " passed" in done.stdout, tail
