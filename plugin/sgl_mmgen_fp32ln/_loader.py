@@ -31,6 +31,7 @@ FACADE = "sglang.kernels.ops.diffusion"
 NUMERICS = "sglang.kernels.numerics"
 # the kernel modules our PR adds under upstream's norm package, in import order
 NEW_KERNEL_MODULES = (
+    "sglang.kernels.ops.diffusion.common.direct_launch",
     "sglang.kernels.ops.diffusion.norm.fp32_layernorm_bitexact",
     "sglang.kernels.ops.diffusion.norm.fp32_layernorm_select",
 )

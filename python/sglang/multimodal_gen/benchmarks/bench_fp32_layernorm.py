@@ -227,9 +227,11 @@ def reference_outputs(case: Case, m, args) -> tuple:
 
     if case.module == "LayerNormScaleShift":
         x, shift, scale = args
-        return (ln._norm_modulate_native(norm_fn, x, shift, scale),)
+        return (ln.norm_scale_shift_chain(norm_fn, x, shift, scale),)
     residual, x, gate, shift, scale = args
-    return ln._residual_norm_modulate_native(norm_fn, residual, x, gate, shift, scale)
+    return ln.scale_residual_norm_scale_shift_chain(
+        norm_fn, residual, x, gate, shift, scale
+    )
 
 
 def path_name(case: Case, m, args) -> str:

@@ -21,10 +21,16 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from sglang.kernels.ops.diffusion import (  # noqa: F401 (re-exported names)
     FP32_LAYERNORM_REFERENCE_ENV,
     force_reference,
+    fp32_layernorm_opaque,
     fp32_layernorm_path,
     fp32_layernorm_reference,
     fused_layernorm_path,
+    gated_residual,
     is_capturing,
+    layernorm_scale_shift_opaque,
+    norm_scale_shift_chain,
+    scale_residual_layernorm_scale_shift_opaque,
+    scale_residual_norm_scale_shift_chain,
     try_fp32_layernorm_single_pass,
     try_fused_layernorm_scale_shift,
 )
@@ -174,96 +180,7 @@ class ScaleResidual(nn.Module):
     def forward(
         self, residual: torch.Tensor, x: torch.Tensor, gate: torch.Tensor
     ) -> torch.Tensor:
-        return _gated_residual(residual, x, gate)
-
-
-################################################################################
-# FP32LayerNorm: validation, reference and the fp32 parameter cache
-################################################################################
-def _check_layer_norm_input(x: torch.Tensor, normalized_shape: Tuple[int, ...]) -> None:
-    """Reject inputs the reference would reject late or answer wrongly."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"FP32LayerNorm expects a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"FP32LayerNorm expects a floating-point input, got dtype {x.dtype}"
-        )
-    shape = tuple(normalized_shape)
-    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape) :]) != shape:
-        raise ValueError(
-            f"FP32LayerNorm input of shape {tuple(x.shape)} does not end with "
-            f"normalized_shape {shape}"
-        )
-
-
-def _fp32_cache_key(param: torch.Tensor, device: torch.device) -> Optional[tuple]:
-    """Identity of ``param``'s current contents as far as torch can tell.
-
-    ``(storage id, data_ptr, _version, param.device, device, dtype, shape, stride)``.
-    The storage id is the address of the StorageImpl; the cache entry also holds a
-    weak reference to that storage, which keeps the StorageImpl's address from
-    being reused while the entry lives, so equal ids mean the same storage.
-
-    Returns ``None`` for tensors without a version counter: inference tensors,
-    whose in-place writes under ``torch.inference_mode()`` no key can see, and
-    parameters that were created under inference mode and later re-pointed
-    outside it (``module.to``, ``p.data = t``), which keep a counter-less impl.
-    """
-    if param.is_inference():
-        return None
-    try:
-        version = param._version
-    except RuntimeError:  # "Inference tensors do not track version counter"
-        return None
-    return (
-        param.untyped_storage()._cdata,
-        param.data_ptr(),
-        version,
-        param.device,
-        device,
-        param.dtype,
-        param.shape,
-        param.stride(),
-    )
-
-
-def _canonical_device(device) -> torch.device:
-    # "cuda" and "cuda:0" name the same device but compare unequal
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-################################################################################
-# torch.compile: an opaque op keeps compiled output equal to eager
-################################################################################
-def _fp32_layer_norm_uncached(x, normalized_shape, weight, bias, eps):
-    # the env switch already routes fp32_layernorm_path to "reference"
-    shape = tuple(normalized_shape)
-    out = try_fp32_layernorm_single_pass(x, shape, weight, bias, eps)
-    if out is not None:
-        return out
-    return reference_fp32_layer_norm(x, shape, weight, bias, eps)
-
-
-try:
-    _compiled_fp32_layer_norm = torch.ops.sglang.mmgen_fp32_layer_norm
-except AttributeError:
-
-    @torch.library.custom_op("sglang::mmgen_fp32_layer_norm", mutates_args=())
-    def _compiled_fp32_layer_norm(
-        x: torch.Tensor,
-        normalized_shape: list[int],
-        weight: Optional[torch.Tensor],
-        bias: Optional[torch.Tensor],
-        eps: float,
-    ) -> torch.Tensor:
-        return _fp32_layer_norm_uncached(x, normalized_shape, weight, bias, eps)
-
-    @_compiled_fp32_layer_norm.register_fake
-    def _(x, normalized_shape, weight, bias, eps):
-        return x.new_empty(x.shape)
+        return gated_residual(residual, x, gate)
 
 
 # adapted from Diffusers: https://github.com/huggingface/diffusers/blob/main/src/diffusers/models/normalization.py
@@ -302,6 +219,63 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
         )
         self._forward_method = self.dispatch_forward()
 
+    @staticmethod
+    def _check_input(x: torch.Tensor, normalized_shape: Tuple[int, ...]) -> None:
+        """Reject inputs the reference would reject late or answer wrongly."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"FP32LayerNorm expects a torch.Tensor, got {type(x).__name__}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"FP32LayerNorm expects a floating-point input, got dtype {x.dtype}"
+            )
+        shape = tuple(normalized_shape)
+        if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape) :]) != shape:
+            raise ValueError(
+                f"FP32LayerNorm input of shape {tuple(x.shape)} does not end with "
+                f"normalized_shape {shape}"
+            )
+
+    @staticmethod
+    def _cache_key(param: torch.Tensor, device: torch.device) -> Optional[tuple]:
+        """Identity of ``param``'s current contents as far as torch can tell.
+
+        ``(storage id, data_ptr, _version, param.device, device, dtype, shape, stride)``.
+        The storage id is the address of the StorageImpl; the cache entry also holds a
+        weak reference to that storage, which keeps the StorageImpl's address from
+        being reused while the entry lives, so equal ids mean the same storage.
+
+        Returns ``None`` for tensors without a version counter: inference tensors,
+        whose in-place writes under ``torch.inference_mode()`` no key can see, and
+        parameters that were created under inference mode and later re-pointed
+        outside it (``module.to``, ``p.data = t``), which keep a counter-less impl.
+        """
+        if param.is_inference():
+            return None
+        try:
+            version = param._version
+        except RuntimeError:  # "Inference tensors do not track version counter"
+            return None
+        return (
+            param.untyped_storage()._cdata,
+            param.data_ptr(),
+            version,
+            param.device,
+            device,
+            param.dtype,
+            param.shape,
+            param.stride(),
+        )
+
+    @staticmethod
+    def _canonical_device(device) -> torch.device:
+        # "cuda" and "cuda:0" name the same device but compare unequal
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return device
+
     def _cached_fp32_param(
         self, attr: str, param: Optional[torch.Tensor], device: torch.device
     ) -> Optional[torch.Tensor]:
@@ -309,7 +283,7 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
 
         Guarantees: the returned tensor always holds ``param.float().to(device)``
         for every change torch can see. The entry in ``self.__dict__[attr]`` is
-        ``(key, StorageWeakRef, fp32 copy)`` with the key of ``_fp32_cache_key``;
+        ``(key, StorageWeakRef, fp32 copy)`` with the key of ``_cache_key``;
         it is rebuilt when the storage is freed or replaced (``p.data = t``,
         ``module.to``), when ``param._version`` moves (in-place ops, ``copy_``,
         ``load_state_dict``), when the parameter is reassigned on the module
@@ -333,7 +307,7 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
         if param.dtype == torch.float32 and param.device == device:
             # what param.float().to(device) returns in every mode, grad included
             return param
-        device = _canonical_device(device)
+        device = self._canonical_device(device)
         if (
             torch.is_grad_enabled()
             or force_reference()
@@ -343,7 +317,7 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
             return param.float().to(device=device)
         if param.dtype == torch.float32 and param.device == device:
             return param
-        key = _fp32_cache_key(param, device)
+        key = self._cache_key(param, device)
         if key is None:
             return param.float().to(device=device)
         entry = self.__dict__.get(attr)
@@ -378,9 +352,10 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
         return state
 
     def forward_native(self, inputs: torch.Tensor) -> torch.Tensor:
-        _check_layer_norm_input(inputs, self.normalized_shape)
+        self._check_input(inputs, self.normalized_shape)
         if torch.compiler.is_compiling() and not torch.is_grad_enabled():
-            return _compiled_fp32_layer_norm(
+            # opaque to inductor, so compiled output equals eager bit for bit
+            return fp32_layernorm_opaque(
                 inputs, list(self.normalized_shape), self.weight, self.bias, self.eps
             )
         device = inputs.device
@@ -396,7 +371,7 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
             or torch.compiler.is_compiling()
             or force_reference()
         ):
-            _check_layer_norm_input(inputs, self.normalized_shape)
+            self._check_input(inputs, self.normalized_shape)
             out = try_fp32_layernorm_single_pass(
                 inputs, self.normalized_shape, self.weight, self.bias, self.eps
             )
@@ -421,72 +396,52 @@ def drop_fp32_layer_norm_caches(module: nn.Module) -> int:
 
 
 ################################################################################
-# Gated residual and modulation (shared by every path of the fused modules)
+# The LayerNorm adaLN modules: the fused kernel on CUDA where proven, else the
+# eager chain (both from sglang.kernels.ops.diffusion, which proves one against
+# the other)
 ################################################################################
-def _per_frame(x: torch.Tensor, t: torch.Tensor, fn):
-    """Apply ``fn(x_frames, t)`` with ``t`` of shape ``[B, F, 1, D]`` per frame."""
-    num_frames = t.shape[1]
-    if x.dim() != 3 or x.shape[1] % num_frames != 0:
-        raise ValueError(
-            f"per-frame modulation of shape {tuple(t.shape)} needs an input "
-            f"[B, L, D] with L divisible by {num_frames}, got {tuple(x.shape)}"
-        )
-    frames = x.unflatten(dim=1, sizes=(num_frames, x.shape[1] // num_frames))
-    return fn(frames, t).flatten(1, 2)
-
-
-def _as_bld(t: torch.Tensor) -> torch.Tensor:
-    # a 2-D modulation is per batch, [B, D] -> [B, 1, D], as upstream's kernels read it
-    return t.unsqueeze(1) if t.dim() == 2 else t
-
-
-def _gated_residual(
-    residual: torch.Tensor, x: torch.Tensor, gate: Union[torch.Tensor, int]
-) -> torch.Tensor:
-    """``residual + x * gate`` for the int 1, a scalar, ``[D]``, ``[B, D]``,
-    ``[B|1, L|1, D]`` or per-frame ``[B, F, 1, D]`` gate."""
-    if isinstance(gate, bool) or not isinstance(gate, (int, torch.Tensor)):
-        raise TypeError(f"Gate type {type(gate).__name__} not supported")
-    if isinstance(gate, int):
-        if gate != 1:
-            raise ValueError(
-                f"Only gate value of 1 is supported for int type, but got {gate}"
-            )
-        return residual + x
-    if gate.dim() == 4:
-        return residual + _per_frame(x, gate, torch.mul)
-    return residual + x * _as_bld(gate)
-
-
-def _modulate(
-    normalized: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
-) -> torch.Tensor:
-    """``normalized * (1 + scale) + shift``, per frame for 4-D ``[B, F, 1, D]``."""
-    scale, shift = _as_bld(scale), _as_bld(shift)
-    if scale.dim() == 4:
-        shift_frames = shift if shift.dim() == 4 else None
-
-        def mod(frames, s):
-            out = frames * (1 + s)
-            if shift_frames is not None:
-                return out + shift_frames
-            return out
-
-        out = _per_frame(normalized, scale, mod)
-        return out if shift_frames is not None else out + shift
-    if shift.dim() == 4:
-        return _per_frame(normalized * (1 + scale), shift, torch.add)
-    return normalized * (1 + scale) + shift
-
-
 def _fused_norm_of(module: nn.Module, x: torch.Tensor) -> Optional[nn.Module]:
     # the kernel replays FP32LayerNorm over the last dim; RMSNorm keeps its path
     norm = module.norm
-    if not isinstance(norm, FP32LayerNorm):
+    if isinstance(norm, FP32LayerNorm) and tuple(norm.normalized_shape) == (
+        x.shape[-1],
+    ):
+        return norm
+    return None
+
+
+def _fused_norm_modulate(module: nn.Module, x, shift, scale):
+    """``module``'s modulated norm by the fused kernel or, compiling, the opaque
+    op; ``None`` sends the caller to its own path."""
+    norm = _fused_norm_of(module, x)
+    if norm is None or torch.is_grad_enabled():
         return None
-    if tuple(norm.normalized_shape) != (x.shape[-1],):
+    if torch.compiler.is_compiling():
+        return layernorm_scale_shift_opaque(
+            x, norm.weight, norm.bias, norm.eps, scale, shift
+        )
+    return try_fused_layernorm_scale_shift(
+        x, norm.weight, norm.bias, norm.eps, scale, shift
+    )
+
+
+def _fused_residual_norm_modulate(module: nn.Module, residual, x, gate, shift, scale):
+    """As ``_fused_norm_modulate``, with the gated residual first."""
+    norm = _fused_norm_of(module, x)
+    if norm is None or torch.is_grad_enabled():
         return None
-    return norm
+    if isinstance(gate, int) and not isinstance(gate, bool) and gate == 1:
+        gate = None
+    elif not isinstance(gate, torch.Tensor):
+        return None  # the chain raises for it
+    w, b, eps = norm.weight, norm.bias, norm.eps
+    if torch.compiler.is_compiling():
+        return scale_residual_layernorm_scale_shift_opaque(
+            residual, x, gate, w, b, eps, scale, shift
+        )
+    return try_fused_layernorm_scale_shift(
+        x, w, b, eps, scale, shift, residual=residual, gate=gate
+    )
 
 
 def fused_norm_path(
@@ -505,46 +460,6 @@ def fused_norm_path(
     return fused_layernorm_path(
         x, norm.weight, norm.bias, scale, shift, residual=residual, gate=gate
     )
-
-
-def _fused_norm_modulate(
-    module: nn.Module,
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    residual: Optional[torch.Tensor] = None,
-    gate: Optional[torch.Tensor] = None,
-):
-    """The fused kernel where proven; ``None`` sends the caller to the eager chain."""
-    norm = _fused_norm_of(module, x)
-    if norm is None:
-        return None
-    return try_fused_layernorm_scale_shift(
-        x, norm.weight, norm.bias, norm.eps, scale, shift, _fused_reference,
-        residual=residual, gate=gate,
-    )  # fmt: skip
-
-
-def _fused_reference(x, weight, bias, eps, residual, gate, scale, shift):
-    """The eager chain with the uncached reference LayerNorm."""
-
-    def norm_fn(t):
-        return reference_fp32_layer_norm(t, (t.shape[-1],), weight, bias, eps)
-
-    if residual is None:
-        return _norm_modulate_native(norm_fn, x, shift, scale)
-    gate = 1 if gate is None else gate
-    return _residual_norm_modulate_native(norm_fn, residual, x, gate, shift, scale)
-
-
-def _norm_modulate_native(norm, x, shift, scale):
-    return _modulate(norm(x), scale, shift).to(x.dtype)
-
-
-def _residual_norm_modulate_native(norm, residual, x, gate, shift, scale):
-    residual_output = _gated_residual(residual, x, gate)
-    modulated = _modulate(norm(residual_output), scale, shift)
-    return modulated.to(x.dtype), residual_output.to(x.dtype)
 
 
 class _ScaleResidualNormScaleShift(CustomOp):
@@ -579,7 +494,11 @@ class _ScaleResidualNormScaleShift(CustomOp):
         shift: torch.Tensor,
         scale: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        return _residual_norm_modulate_native(
+        if torch.compiler.is_compiling():
+            out = _fused_residual_norm_modulate(self, residual, x, gate, shift, scale)
+            if out is not None:
+                return out
+        return scale_residual_norm_scale_shift_chain(
             self.norm, residual, x, gate, shift, scale
         )
 
@@ -591,23 +510,13 @@ class _ScaleResidualNormScaleShift(CustomOp):
         shift: torch.Tensor,
         scale: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(gate, torch.Tensor) or (
-            isinstance(gate, int) and not isinstance(gate, bool) and gate == 1
-        ):
-            out = _fused_norm_modulate(
-                self,
-                x,
-                scale,
-                shift,
-                residual=residual,
-                gate=gate if isinstance(gate, torch.Tensor) else None,
-            )
-            if out is not None:
-                return out
+        out = _fused_residual_norm_modulate(self, residual, x, gate, shift, scale)
+        if out is not None:
+            return out
         # the eager chain itself, not forward_native: a subclass (or upstream's
         # class, under the plugin) may compile forward_native, and compiled
         # modulation need not round like eager
-        return _residual_norm_modulate_native(
+        return scale_residual_norm_scale_shift_chain(
             self.norm, residual, x, gate, shift, scale
         )
 
@@ -642,15 +551,19 @@ class _NormScaleShift(CustomOp):
     def forward_native(
         self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
-        return _norm_modulate_native(self.norm, x, shift, scale)
+        if torch.compiler.is_compiling():
+            out = _fused_norm_modulate(self, x, shift, scale)
+            if out is not None:
+                return out
+        return norm_scale_shift_chain(self.norm, x, shift, scale)
 
     def forward_cuda(
         self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
-        out = _fused_norm_modulate(self, x, scale, shift)
+        out = _fused_norm_modulate(self, x, shift, scale)
         if out is not None:
             return out
-        return _norm_modulate_native(self.norm, x, shift, scale)
+        return norm_scale_shift_chain(self.norm, x, shift, scale)
 
 
 class LayerNormScaleShift(_NormScaleShift):

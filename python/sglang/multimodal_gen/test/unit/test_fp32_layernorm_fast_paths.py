@@ -23,6 +23,8 @@ from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 HAS_CUDA = torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(kb.triton is None, reason="needs Triton")
+if kb.triton is not None:
+    from sglang.kernels.ops.diffusion.common import direct_launch
 
 
 @pytest.fixture
@@ -193,7 +195,7 @@ def test_fused_norm_scale_shift_equals_chain(x_dtype, mod_dtype, affine):
         shift = _modulation(layout, batch, seq, dim, mdtype, gen)
         scale = _modulation(layout, batch, seq, dim, mdtype, gen)
         with torch.no_grad():
-            assert ln._fused_norm_modulate(m, x, scale, shift) is not None
+            assert ln._fused_norm_modulate(m, x, shift, scale) is not None
             fused = m(x, shift, scale)
             chain = m.forward_native(x, shift, scale)
         assert fused.dtype == x_dtype
@@ -261,26 +263,27 @@ def test_fused_modules_match_the_uncached_reference_at_wan_shape():
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @needs_triton
-def test_small_inputs_skip_the_triton_launch():
+def test_small_inputs_take_the_kernel_in_one_launch():
+    # a prepared launch costs less host time than the ATen routes at every size,
+    # so 257-token calls are one kernel, not the cached path's three or the
+    # eager chain's six
     m = make_norm(1280, torch.bfloat16, "fp32")
     small = torch.randn(257, 1280, device="cuda").bfloat16()
-    large = torch.empty(sel._TRITON_MIN_ELEMENTS // 1280 + 1, 1280, device="cuda")
-    large = large.bfloat16()
-    assert ln.fp32_layer_norm_path(small, (1280,), m.weight, m.bias) == "cached"
-    assert ln.fp32_layer_norm_path(large, (1280,), m.weight, m.bias) == "triton"
+    assert ln.fp32_layer_norm_path(small, (1280,), m.weight, m.bias) == "triton"
     with torch.no_grad():
         assert torch.equal(m(small), reference(small, (1280,), m.weight, m.bias, m.eps))
     lss = ln.LayerNormScaleShift(1280).cuda()
     srn = ln.ScaleResidualLayerNormScaleShift(1280, elementwise_affine=True).cuda()
-    mod = torch.zeros(1, 1, 1280, device="cuda")
+    mod = torch.randn(1, 1, 1280, device="cuda")
+    x = small[None]
     with torch.no_grad():
-        assert ln._fused_norm_modulate(lss, small[None], mod, mod) is None
-        assert (
-            ln._fused_norm_modulate(
-                srn, small[None], mod, mod, residual=small[None], gate=mod
-            )
-            is None
-        )
+        out = ln._fused_norm_modulate(lss, x, mod, mod)
+        assert out is not None
+        assert torch.equal(out, lss.forward_native(x, mod, mod))
+        pair = ln._fused_residual_norm_modulate(srn, x, x, mod, mod, mod)
+        assert pair is not None
+        want = srn.forward_native(x, x, mod, mod, mod)
+        assert all(torch.equal(a, b) for a, b in zip(pair, want))
 
 
 def test_cpu_stays_on_the_cached_route():
@@ -300,7 +303,7 @@ def test_cpu_fused_modules_take_the_native_chain():
     x = torch.randn(1, 8, 64).bfloat16()
     assert ln.fused_norm_path(m, x, x, x, residual=x, gate=x) == "native"
     with torch.no_grad():
-        assert ln._fused_norm_modulate(m, x, x, x, residual=x, gate=x) is None
+        assert ln._fused_residual_norm_modulate(m, x, x, x, x, x) is None
 
 
 def test_reference_switch_bypasses_cache_and_fast_paths(monkeypatch):
@@ -365,7 +368,7 @@ def _triton_binder():
 def test_kernel_launcher_key_covers_triton_specialization():
     """Equal launcher keys must mean equal Triton specializations (runs on CPU).
 
-    Ints and constexprs enter the key by value; each pointer by ``_launch_spec``.
+    Ints and constexprs enter the key by value; each pointer by ``launch_spec``.
     Triton specializes each argument on its own value, so each pointer position is
     varied alone over dtypes and offsets that straddle 16-byte alignment.
     """
@@ -390,7 +393,7 @@ def test_kernel_launcher_key_covers_triton_specialization():
             _, spec, _ = binder(
                 *args, **constexprs, num_warps=4, enable_fp_fusion=False
             )
-            key = kb._launch_spec(value)
+            key = direct_launch.launch_spec(value)
             assert by_key.setdefault(key, spec[pos]) == spec[pos], (pos, value)
         assert len(by_key) == 6  # 3 dtypes x aligned or not
     # the float eps, left out of the key, is not specialized on
@@ -407,8 +410,12 @@ def test_kernel_launcher_key_covers_triton_specialization():
 def test_direct_launches_match_the_reference(dtype, monkeypatch):
     """Repeat launches (direct) equal first launches (Triton's) and the reference,
     across alignments and strides that change the kernel's specialization."""
-    monkeypatch.setattr(kb, "_LAUNCHER", kb._KernelLauncher())
-    assert kb._LAUNCHER.enabled
+    launcher = direct_launch.DirectLauncher(
+        kb._fp32_norm_kernel, kb._N_POINTER_ARGS, kb._KERNEL_OPTIONS
+    )
+    monkeypatch.setattr(kb, "_LAUNCHER", launcher)
+    monkeypatch.setattr(kb, "_PLANS", {})
+    assert launcher.enabled
     gen = torch.Generator().manual_seed(5)
     dim = 1280
     w = torch.randn(dim, generator=gen).cuda()
@@ -417,7 +424,12 @@ def test_direct_launches_match_the_reference(dtype, monkeypatch):
     for offset in (0, 1, 4, 8, 0, 1):  # elements; 1 and 4 break 16-byte alignment
         for rows in (1, 16, 33):
             x = flat[offset : offset + rows * dim].view(rows, dim)
+            want = reference(x, (dim,), w, b, 1e-6)
             for _ in range(2):
                 y = kb._launch_fp32_norm(x, w, b, 1e-6)
-                assert torch.equal(y, reference(x, (dim,), w, b, 1e-6)), (offset, rows)
-    assert len(kb._LAUNCHER._kernels) >= 2
+                assert torch.equal(y, want), (offset, rows)
+                # the prepared launch, keyed on the same alignments
+                y = kb.fp32_layernorm_bitexact(x, w, b, 1e-6)
+                assert torch.equal(y, want), (offset, rows)
+    assert len(launcher._kernels) >= 2
+    assert all(plan.kernel is not None for plan in kb._PLANS.values())

@@ -56,6 +56,10 @@ try:
         welford_combine,
         welford_online_update,
     )
+    from sglang.kernels.ops.diffusion.common.direct_launch import (
+        DirectLauncher,
+        run_compiled,
+    )
 except ImportError:  # CPU-only installs and platforms without Triton
     triton = None
     tl = None
@@ -417,83 +421,165 @@ class _Modulation:
         self.frame = max(seq_len // frames, 1)
 
 
-def _launch_spec(t: torch.Tensor) -> tuple:
-    # what Triton 3.x specializes a pointer argument on
-    return (t.dtype, t.data_ptr() % 16 == 0)
-
-
-def _launch_hooks_set() -> bool:
-    # Triton 3.6 keeps its launch hooks in (normally empty) HookChains
-    runtime = triton.knobs.runtime
-    hooks = (runtime.launch_enter_hook, runtime.launch_exit_hook)
-    return any(h is not None and getattr(h, "calls", True) for h in hooks)
-
-
-class _KernelLauncher:
-    """Launch ``_fp32_norm_kernel`` without Triton's per-call argument binding.
-
-    Binding and specializing ~45 arguments costs tens of microseconds of host
-    time per call (more than the GPU needs at Wan's mid sizes). The first launch
-    of each specialization goes through ``kernel[grid](...)``, which compiles
-    and returns the compiled kernel; later launches with the same key call its
-    launcher directly, as Triton itself does after binding.
-
-    Invariant: the key holds at least everything Triton 3.x specializes on
-    (device, each tensor's dtype and 16-byte alignment, every int's value, every
-    constexpr; only the float ``eps`` is left out, which Triton does not
-    specialize on), so equal keys mean the same compiled kernel. A finer key only
-    costs one more Triton-path launch. ``test_kernel_launcher_key_covers_triton_
-    specialization`` checks the tensor part against Triton's own binder. It cannot
-    see Triton versions whose launcher or specialization rules differ: only the
-    versions in ``_VERIFIED`` use it, and launch hooks (profilers) always take
-    Triton's path. Distinct keys are bounded by ``_MAX_KEYS`` (then it starts over).
-    """
-
-    _MAX_KEYS = 4096
-
-    _VERIFIED = ("3.6",)
-
-    def __init__(self) -> None:
-        self._kernels: dict = {}
-        version = getattr(triton, "__version__", "") if triton is not None else ""
-        # not under TRITON_INTERPRET=1, where the kernel is interpreted on the CPU
-        self.enabled = version.startswith(self._VERIFIED) and isinstance(
-            globals().get("_fp32_norm_kernel"), triton.runtime.JITFunction
-        )
-
-    def launch(self, rows: int, args: tuple, constexprs: dict) -> None:
-        fn = _fp32_norm_kernel
-        if not self.enabled or _launch_hooks_set():
-            fn[(rows,)](*args, **constexprs, **_KERNEL_OPTIONS)
-            return
-        driver = triton.runtime.driver.active
-        device = driver.get_current_device()
-        n_ptr = _N_POINTER_ARGS
-        key = (
-            device,
-            tuple(map(_launch_spec, args[:n_ptr])),
-            args[n_ptr:-1],
-            tuple(constexprs.items()),
-        )
-        kernel = self._kernels.get(key)
-        if kernel is None:
-            kernel = fn[(rows,)](*args, **constexprs, **_KERNEL_OPTIONS)
-            if len(self._kernels) >= self._MAX_KEYS:
-                self._kernels.clear()
-            self._kernels[key] = kernel
-            return
-        tail = [constexprs[name] for name in fn.arg_names[len(args) :]]
-        kernel.run(
-            rows, 1, 1, driver.get_current_stream(device), kernel.function,
-            kernel.packed_metadata, None, None, None, *args, *tail,
-        )  # fmt: skip
-
-
 # _fp32_norm_kernel's arguments: 12 pointers, then ints, then eps
 _N_POINTER_ARGS = 12
 # only the FMAs written out in the kernel may fuse, as in ATen's build
 _KERNEL_OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}
-_LAUNCHER = _KernelLauncher()
+_LAUNCHER = (
+    None
+    if triton is None
+    else DirectLauncher(_fp32_norm_kernel, _N_POINTER_ARGS, _KERNEL_OPTIONS)
+)
+
+
+class _Plan:
+    """One launch configuration, prepared once and reused for every call.
+
+    Holds everything ``_fp32_norm_kernel``'s launch needs that does not depend
+    on the data: the grid, the int and constexpr arguments, the roundings of the
+    eager chain, and (after the first launch) the compiled kernel. A call then
+    only allocates the outputs and launches. Valid for every call whose
+    operands have the same ``_plan_key`` (shapes, strides, dtypes, devices,
+    16-byte alignments, eps): the ints and constexprs are functions of exactly
+    those, and so is Triton's specialization (see ``DirectLauncher``).
+    """
+
+    __slots__ = (
+        "rows", "shape", "ints", "constexprs", "tail", "kernel", "device",
+        "has_res", "has_gate", "has_mod", "store_stats", "rcp",
+    )  # fmt: skip
+
+    def __init__(self, x, weight, bias, eps, residual=None, gate=None, scale=None,
+                 shift=None, store_stats=False, replay=None,
+                 tuning=None):  # fmt: skip
+        self.shape = x.shape
+        if x.dim() == 2:
+            batch, (seq_len, dim) = 1, x.shape
+        else:
+            batch, seq_len, dim = x.shape
+        self.rows = batch * seq_len
+        self.device = x.get_device()
+        self.has_res = residual is not None
+        self.has_gate = gate is not None
+        self.has_mod = scale is not None
+        self.store_stats = store_stats
+        self.rcp = _reciprocals(x.device)
+        self.kernel = None
+        code = _ROUNDING_CODE.__getitem__
+        r_dtype = g1_dtype = x.dtype
+        mods = {}
+        if residual is not None:
+            if gate is not None:
+                mods["g"] = _Modulation(gate, batch, seq_len, dim)
+                g1_dtype = torch.promote_types(x.dtype, gate.dtype)
+            r_dtype = torch.promote_types(residual.dtype, g1_dtype)
+        s_dtype = m1_dtype = m_dtype = r_dtype
+        if scale is not None:
+            mods["sc"] = _Modulation(scale, batch, seq_len, dim)
+            mods["sh"] = _Modulation(shift, batch, seq_len, dim)
+            s_dtype = scale.dtype
+            m1_dtype = torch.promote_types(r_dtype, s_dtype)
+            m_dtype = torch.promote_types(m1_dtype, shift.dtype)
+        ints = [
+            dim,
+            dim if residual is not None else 0,
+            dim,
+            dim if residual is not None else 0,
+            seq_len,
+        ]
+        for key in ("g", "sc", "sh"):
+            m = mods.get(key)
+            ints += (0, 0, 0, 1) if m is None else (*m.strides, m.frame)
+        self.ints = tuple(ints)
+        self.constexprs = dict(
+            N=dim,
+            ITERS=(dim // 4 + 127) // 128,
+            HAS_RESIDUAL=residual is not None,
+            HAS_GATE="g" in mods,
+            HAS_W=weight is not None,
+            HAS_B=bias is not None,
+            HAS_MOD=scale is not None,
+            STORE_STATS=store_stats,
+            G1_RND=code(g1_dtype),
+            R_RND=code(r_dtype),
+            S_RND=code(s_dtype),
+            M1_RND=code(m1_dtype),
+            M_RND=code(m_dtype),
+            **(_ATEN_REPLAY if replay is None else replay),
+            **(_KERNEL_TUNING if tuning is None else tuning),
+        )
+        self.tail = _LAUNCHER.tail(
+            self.constexprs, _N_POINTER_ARGS + len(self.ints) + 1
+        )
+
+    def __call__(self, x, weight, bias, eps, residual=None, gate=None, scale=None,
+                 shift=None):  # fmt: skip
+        """Launch on operands that match the plan; outputs as ``_launch_fp32_norm``."""
+        y = torch.empty_like(x)
+        res_out = torch.empty_like(x) if self.has_res else None
+        stats = rstd = None
+        if self.store_stats:
+            stats = torch.empty(self.rows, device=x.device, dtype=torch.float32)
+            rstd = torch.empty_like(stats)
+        if self.rows > 0:
+            args = (
+                x,
+                x if residual is None else residual,
+                gate if self.has_gate else x,
+                x if weight is None else weight,
+                x if bias is None else bias,
+                scale if self.has_mod else x,
+                shift if self.has_mod else x,
+                y,
+                y if res_out is None else res_out,
+                y if stats is None else stats,
+                y if rstd is None else rstd,
+                self.rcp,
+                *self.ints,
+                eps,
+            )
+            kernel = self.kernel
+            if kernel is not None and _LAUNCHER.fast():
+                run_compiled(kernel, (self.rows, 1, 1), self.device, args, self.tail)
+            else:
+                self.kernel = _LAUNCHER.launch((self.rows,), args, self.constexprs)
+        result = y if res_out is None else (y, res_out)
+        return (result, (stats, rstd)) if self.store_stats else result
+
+
+def _tensor_key(t: Optional[torch.Tensor]):
+    if t is None:
+        return None
+    return (t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() & 15)
+
+
+def _plan_key(x, weight, bias, eps, residual, gate, scale, shift) -> tuple:
+    # everything a _Plan depends on; only the data pointers are left out
+    return (
+        _tensor_key(x), _tensor_key(weight), _tensor_key(bias), eps,
+        _tensor_key(residual), _tensor_key(gate), _tensor_key(scale),
+        _tensor_key(shift), torch.cuda.current_device(),
+    )  # fmt: skip
+
+
+_PLANS: dict = {}
+_MAX_PLANS = 4096
+
+
+def _planned(x, weight, bias, eps, residual=None, gate=None, scale=None, shift=None):
+    """Launch through the plan cached for these operands' configuration.
+
+    ``x`` (and ``residual``) must be contiguous; the callers' predicates and
+    ``_plan_key`` (which holds the strides) guarantee it.
+    """
+    key = _plan_key(x, weight, bias, eps, residual, gate, scale, shift)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _Plan(x, weight, bias, eps, residual, gate, scale, shift)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan(x, weight, bias, eps, residual, gate, scale, shift)
 
 
 def _launch_fp32_norm(
@@ -510,116 +596,19 @@ def _launch_fp32_norm(
     replay: Optional[dict] = None,
     tuning: Optional[dict] = None,
 ):
-    """Launch ``_fp32_norm_kernel`` on ``x`` of shape ``[B, L, D]`` (or ``[M, D]``).
+    """Launch ``_fp32_norm_kernel`` on ``x`` of shape ``[B, L, D]`` (or ``[M, D]``),
+    any strides; an unprepared, uncached launch for tests and tools.
 
     Output dtypes are ``x.dtype``. Intermediate roundings follow PyTorch's type
     promotion of the eager chain, so callers get the bits the eager ops give.
-    Returns ``y`` or ``(y, residual_out)``, plus ``(mean, rstd)`` if asked.
+    Returns ``y`` or ``(y, residual_out)``, plus ``(mean, rstd)`` if asked;
+    ``replay`` / ``tuning`` override ``_ATEN_REPLAY`` / ``_KERNEL_TUNING``.
     """
-    # host time matters here: at Wan's mid sizes a launch costs about what the
-    # GPU needs, so views are only made where the shape needs them
-    out_shape = x.shape
-    if x.dim() == 2:
-        batch, (seq_len, dim) = 1, out_shape
-        x2 = x
-    else:
-        batch, seq_len, dim = out_shape
-        x2 = x.view(batch * seq_len, dim) if x.is_contiguous() else x.reshape(-1, dim)
-    rows = batch * seq_len
-    x2 = x2 if x2.is_contiguous() else x2.contiguous()
-    y = torch.empty_like(x2)
-
-    def code(dtype: torch.dtype) -> int:
-        return _ROUNDING_CODE[dtype]
-
-    r_dtype = x.dtype
-    g1_dtype = x.dtype
-    res2 = res_out = None
-    mods = {}
-    if residual is not None:
-        res2 = residual.reshape(rows, dim).contiguous()
-        res_out = torch.empty_like(x2)
-        if gate is not None:
-            mods["g"] = _Modulation.of(gate, batch, seq_len, dim)
-            g1_dtype = torch.promote_types(x.dtype, mods["g"].dtype)
-        r_dtype = torch.promote_types(residual.dtype, g1_dtype)
-    s_dtype = m1_dtype = m_dtype = r_dtype
-    if scale is not None:
-        mods["sc"] = _Modulation.of(scale, batch, seq_len, dim)
-        mods["sh"] = _Modulation.of(shift, batch, seq_len, dim)
-        s_dtype = mods["sc"].dtype
-        m1_dtype = torch.promote_types(r_dtype, s_dtype)
-        m_dtype = torch.promote_types(m1_dtype, mods["sh"].dtype)
-    stats = (
-        torch.empty(rows, device=x.device, dtype=torch.float32) if store_stats else None
-    )
-    rstd = torch.empty_like(stats) if store_stats else None
-
-    def mod_args(key):
-        m = mods.get(key)
-        if m is None:
-            return (x2, 0, 0, 0, 1)
-        return (m.tensor, *m.strides, m.frame)
-
-    g_t, g_sb, g_sf, g_sd, g_frame = mod_args("g")
-    sc_t, sc_sb, sc_sf, sc_sd, sc_frame = mod_args("sc")
-    sh_t, sh_sb, sh_sf, sh_sd, sh_frame = mod_args("sh")
-    if rows > 0:
-        args = (
-            x2,
-            x2 if res2 is None else res2,
-            g_t,
-            x2 if weight is None else weight,
-            x2 if bias is None else bias,
-            sc_t,
-            sh_t,
-            y,
-            y if res_out is None else res_out,
-            y if stats is None else stats,
-            y if rstd is None else rstd,
-            _reciprocals(x.device),
-            x2.stride(0),
-            0 if res2 is None else res2.stride(0),
-            y.stride(0),
-            0 if res_out is None else res_out.stride(0),
-            seq_len,
-            g_sb,
-            g_sf,
-            g_sd,
-            g_frame,
-            sc_sb,
-            sc_sf,
-            sc_sd,
-            sc_frame,
-            sh_sb,
-            sh_sf,
-            sh_sd,
-            sh_frame,
-            eps,
-        )
-        constexprs = dict(
-            N=dim,
-            ITERS=(dim // 4 + 127) // 128,
-            HAS_RESIDUAL=res2 is not None,
-            HAS_GATE="g" in mods,
-            HAS_W=weight is not None,
-            HAS_B=bias is not None,
-            HAS_MOD=scale is not None,
-            STORE_STATS=store_stats,
-            G1_RND=code(g1_dtype),
-            R_RND=code(r_dtype),
-            S_RND=code(s_dtype),
-            M1_RND=code(m1_dtype),
-            M_RND=code(m_dtype),
-            **(_ATEN_REPLAY if replay is None else replay),
-            **(_KERNEL_TUNING if tuning is None else tuning),
-        )
-        _LAUNCHER.launch(rows, args, constexprs)
-    out = y if x.dim() == 2 else y.view(out_shape)
-    result = out if res_out is None else (out, res_out.view(out_shape))
-    if store_stats:
-        return result, (stats, rstd)
-    return result
+    x = x.contiguous()
+    residual = None if residual is None else residual.reshape(x.shape).contiguous()
+    plan = _Plan(x, weight, bias, eps, residual, gate, scale, shift, store_stats,
+                 replay, tuning)  # fmt: skip
+    return plan(x, weight, bias, eps, residual, gate, scale, shift)
 
 
 ################################################################################
@@ -670,9 +659,8 @@ def fp32_layernorm_bitexact(
     Bit-identical to ``F.layer_norm(x.float(), (D,), w.float(), b.float(),
     eps).to(x.dtype)`` where ``can_use_fp32_layernorm_bitexact`` holds.
     """
-    dim = x.shape[-1]
-    y = _launch_fp32_norm(x.reshape(-1, dim), weight, bias, eps)
-    return y.view(x.shape)
+    rows = x.reshape(-1, x.shape[-1]) if x.is_contiguous() else x.contiguous()
+    return _planned(rows.view(-1, x.shape[-1]), weight, bias, eps).view(x.shape)
 
 
 def can_use_fused_layernorm_scale_shift_bitexact(
@@ -730,7 +718,7 @@ def fused_layernorm_scale_shift_bitexact(
     eps: float,
 ) -> torch.Tensor:
     """``(norm(x) * (1 + scale) + shift).to(x.dtype)``, one pass, eager bits."""
-    return _launch_fp32_norm(x, weight, bias, eps, scale=scale, shift=shift)
+    return _planned(x.contiguous(), weight, bias, eps, scale=scale, shift=shift)
 
 
 def fused_scale_residual_layernorm_scale_shift_bitexact(
@@ -745,8 +733,8 @@ def fused_scale_residual_layernorm_scale_shift_bitexact(
 ):
     """``r = residual + x * gate`` (``gate=None``: 1), then the modulated norm
     of ``r``; returns ``(modulated, r)``, both in ``x.dtype``, eager bits."""
-    return _launch_fp32_norm(
-        x, weight, bias, eps, residual=residual, gate=gate, scale=scale, shift=shift
+    return _planned(
+        x.contiguous(), weight, bias, eps, residual.contiguous(), gate, scale, shift
     )
 
 
