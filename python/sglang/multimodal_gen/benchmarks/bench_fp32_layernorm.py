@@ -574,6 +574,7 @@ def markdown(results: list[Result], meta: dict) -> str:
         f"Triton {meta['triton']}, copy ceiling {meta['copy_GBps']:.0f} GB/s "
         "(read + write), by `bench_fp32_layernorm.py`"
         + (f", {meta['rounds']} interleaved rounds" if "rounds" in meta else "")
+        + (f", {meta['threads']} CPU thread(s)" if meta.get("threads") else "")
         + ".",
         "",
     ]
@@ -659,6 +660,14 @@ def parse_args(argv):
         type=int,
         help="interleaved rounds per case (default 3, --quick 2)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU runs: torch threads (default 1; 0 keeps torch's default). On "
+        "shared or small machines OpenMP teams wait whole scheduler ticks, which "
+        "made rows of one code path differ by up to 5x",
+    )
     parser.add_argument("--json", help="write all results and metadata here")
     parser.add_argument(
         "--plot", help="write a time-vs-bytes PNG here (needs matplotlib)"
@@ -676,6 +685,8 @@ def parse_args(argv):
         reason = bu.require_matplotlib()
         if reason:
             parser.error(f"--plot needs matplotlib: {reason}")
+    if args.threads < 0:
+        parser.error(f"--threads: expected 0 or a positive integer, got {args.threads}")
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds: expected a positive integer, got {args.rounds}")
     args.dtypes = bu.parse_dtypes(parser, args.dtypes)
@@ -725,6 +736,8 @@ def main(argv=None) -> int:
     device = args.device
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
     cases = default_cases(device, args.quick, args.dtypes, args.shapes)
     rounds = args.rounds or (2 if args.quick else 3)
     timer = bu.Timer(device, args.quick)
@@ -748,13 +761,15 @@ def main(argv=None) -> int:
         "triton": triton_version(),
         "copy_GBps": bandwidth / 1e9,
         "rounds": rounds,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "quick": args.quick,
         "peers": peers,
         "peer_errors": [],
     }
     print(
         f"{name} ({device.type}), torch {torch.__version__}, copy ceiling "
-        f"{bandwidth / 1e9:.0f} GB/s, {len(cases)} cases, {rounds} rounds",
+        f"{bandwidth / 1e9:.0f} GB/s, {len(cases)} cases, {rounds} rounds"
+        + (f", {meta['threads']} thread(s)" if meta["threads"] else ""),
         flush=True,
     )
     if cute is None:

@@ -280,7 +280,7 @@ def format_table(results: list) -> str:
             f"{pct_spread(r.ms_spread):>5} {fmt_opt(r.host_us, '.1f'):>8} "
             f"{pct_spread(r.host_spread):>5} {fmt_opt(r.x_peer, '.2f'):>6} "
             f"{'yes' if r.bit_identical else 'NO':>5} {r.max_ulp:>5} "
-            f"{r.diff_frac:>6.1%}"
+            f"{r.diff_frac * 100:>5.3g}%"
         )
     return "\n".join(lines)
 
