@@ -733,11 +733,20 @@ def main(argv=None) -> int:
         print(bu.format_table(results))
         write_outputs(args, results, meta)
         return 0
+    threads = torch.get_num_threads()
+    if args.device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:  # in-process callers (tests) keep their thread count
+        torch.set_num_threads(threads)
+
+
+def run(args) -> int:
+    """Time every case of ``args`` and write the requested outputs."""
     device = args.device
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
-    if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
     cases = default_cases(device, args.quick, args.dtypes, args.shapes)
     rounds = args.rounds or (2 if args.quick else 3)
     timer = bu.Timer(device, args.quick)
