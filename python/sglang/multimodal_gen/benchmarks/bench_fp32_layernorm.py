@@ -703,6 +703,9 @@ def _load_saved(path: str) -> tuple:
     results = [
         Result(**{k: v for k, v in r.items() if k in fields}) for r in saved["results"]
     ]
+    for r in results:  # runs saved before x_base existed
+        if r.x_base is None and r.speedup_vs_preport:
+            r.x_base = 1 / r.speedup_vs_preport
     return saved["meta"], results
 
 
