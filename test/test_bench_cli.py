@@ -122,7 +122,7 @@ def test_plot_dependency_is_checked_before_timing(monkeypatch, capsys, tmp_path)
         raise AssertionError("timed before checking --plot's dependency")
 
     monkeypatch.setattr(bench, "run_case", no_timing)
-    monkeypatch.setattr(bench.bu.Timer, "copy_bandwidth", no_timing)
+    monkeypatch.setattr(bench.nu.Timer, "copy_bandwidth", no_timing)
     err = _usage_error(capsys, [*_TINY, "--plot", str(tmp_path / "p.png")])
     assert "--plot needs matplotlib" in err
 

@@ -45,7 +45,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from sglang.multimodal_gen.benchmarks import bench_utils_norm as bu
+from sglang.multimodal_gen.benchmarks import bench_utils_norm as nu
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 CUDA_TOKENS = (257, 4096, 32760, 75600)
@@ -57,7 +57,7 @@ CPU_SHAPES = ((257, 1280), (257, 5120), (1024, 1536))
 CPU_QUICK_SHAPES = ((257, 1280),)
 WAN_FRAMES = 21  # per-frame modulation [B, 21, 1, D] (81 frames -> 21 latent)
 FUSED_MODULES = ("LayerNormScaleShift", "ScaleResidualLayerNormScaleShift")
-DTYPE_NAMES = bu.DTYPE_NAMES
+DTYPE_NAMES = nu.DTYPE_NAMES
 PREPORT, UPCLASS, ATEN = "pre-port", "upstream 0.5.23 class", "aten"
 CUTE = "upstream 0.5.23 CuTe"
 BASELINES = {"FP32LayerNorm": PREPORT, **{m: "chain" for m in FUSED_MODULES}}
@@ -70,8 +70,14 @@ PEERS = {"FP32LayerNorm": UPCLASS, **{m: CUTE for m in FUSED_MODULES}}
 # selection are moving out of runtime/layers/layernorm.py; rewire only these.
 ################################################################################
 def triton_version() -> Optional[str]:
-    """Triton's version if the layernorm kernels can use it (importable), else None."""
-    return getattr(getattr(ln, "triton", None), "__version__", None)
+    """Triton's version where it imports (the kernels need it), else None."""
+    module = getattr(ln, "triton", None)  # layernorm.py's own optional import
+    if module is None:
+        try:
+            import triton as module
+        except ImportError:
+            return None
+    return getattr(module, "__version__", None)
 
 
 def chain_norm_modulate(norm_fn, x, shift, scale):
@@ -336,7 +342,7 @@ def run_case(case, device, bandwidth, timer, rounds, cute, errors) -> list:
     make = make_inputs(case, device)
     sample = make()
     set_bytes = sum(t.numel() * t.element_size() for t in sample)
-    rotation = bu.Rotation(make, set_bytes, device)
+    rotation = nu.Rotation(make, set_bytes, device)
     nbytes = floor_bytes(case)
     floor_ms = nbytes / bandwidth * 1e3
     exactness, graphs, fns = {}, {}, {}
@@ -346,7 +352,7 @@ def run_case(case, device, bandwidth, timer, rounds, cute, errors) -> list:
             try:
                 outs = fn(*sample)
                 outs = outs if isinstance(outs, tuple) else (outs,)
-                exactness[name] = bu.ulp_stats(outs, refs)
+                exactness[name] = nu.ulp_stats(outs, refs)
             except Exception as e:
                 if name not in (CUTE, ATEN):
                     raise
@@ -368,7 +374,7 @@ def run_case(case, device, bandwidth, timer, rounds, cute, errors) -> list:
         path = path_name(case, m, sample)
     stats = {}
     for name, (bench, host, graph) in samples.items():
-        stats[name] = (bu.spread(bench), bu.spread(host), bu.spread(graph))
+        stats[name] = (nu.spread(bench), nu.spread(host), nu.spread(graph))
     base = BASELINES[case.module]
     peer = PEERS[case.module]
 
@@ -606,16 +612,16 @@ def markdown(results: list[Result], meta: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        graph = bu.md_spread(r.graph_ms, r.graph_spread, 1e3)
+        graph = nu.md_spread(r.graph_ms, r.graph_spread, 1e3)
         if r.graph_ms is None and r.graph_na:
             graph = f"n/a ({r.graph_na})"
         lines.append(
             f"| {r.case} | {r.variant} | {r.path} | {graph} | "
-            f"{bu.fmt_opt(r.graph_x_floor, '.2f', 'x')} | {bu.fmt_opt(r.graph_x_base, '.2f', 'x')} | "
-            f"{bu.md_spread(r.ms, r.ms_spread, 1e3)} | {r.x_floor:.2f}x | "
-            f"{bu.fmt_opt(r.x_base, '.2f', 'x')} | {bu.md_spread(r.host_us, r.host_spread)} | "
-            f"{bu.fmt_opt(r.host_x_base, '.2f', 'x')} | {bu.fmt_opt(r.x_peer, '.2f', 'x')} | "
-            f"{bu.fmt_opt(r.host_x_peer, '.2f', 'x')} | "
+            f"{nu.fmt_opt(r.graph_x_floor, '.2f', 'x')} | {nu.fmt_opt(r.graph_x_base, '.2f', 'x')} | "
+            f"{nu.md_spread(r.ms, r.ms_spread, 1e3)} | {r.x_floor:.2f}x | "
+            f"{nu.fmt_opt(r.x_base, '.2f', 'x')} | {nu.md_spread(r.host_us, r.host_spread)} | "
+            f"{nu.fmt_opt(r.host_x_base, '.2f', 'x')} | {nu.fmt_opt(r.x_peer, '.2f', 'x')} | "
+            f"{nu.fmt_opt(r.host_x_peer, '.2f', 'x')} | "
             f"{'yes' if r.bit_identical else 'NO'} | {r.max_ulp} | "
             f"{r.diff_frac:.2%} |"
         )
@@ -624,7 +630,7 @@ def markdown(results: list[Result], meta: dict) -> str:
 
 def plot(results: list[Result], bandwidth: float, path: str, title: str) -> None:
     rows = [dict(dataclasses.asdict(r), ms=_gpu_ms(r)) for r in results]
-    bu.plot(rows, bandwidth, path, title)
+    nu.plot(rows, bandwidth, path, title)
 
 
 ################################################################################
@@ -682,17 +688,17 @@ def parse_args(argv):
     )
     args = parser.parse_args(argv)
     if args.plot:
-        reason = bu.require_matplotlib()
+        reason = nu.require_matplotlib()
         if reason:
             parser.error(f"--plot needs matplotlib: {reason}")
     if args.threads < 0:
         parser.error(f"--threads: expected 0 or a positive integer, got {args.threads}")
     if args.rounds is not None and args.rounds < 1:
         parser.error(f"--rounds: expected a positive integer, got {args.rounds}")
-    args.dtypes = bu.parse_dtypes(parser, args.dtypes)
-    args.shapes = bu.parse_shapes(parser, args.shapes)
+    args.dtypes = nu.parse_dtypes(parser, args.dtypes)
+    args.shapes = nu.parse_shapes(parser, args.shapes)
     if not args.from_json:
-        args.device = bu.parse_device(parser, args.device)
+        args.device = nu.parse_device(parser, args.device)
     return args
 
 
@@ -733,7 +739,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.from_json:
         meta, results = _load_saved(args.from_json)
-        print(bu.format_table(results))
+        print(nu.format_table(results))
         write_outputs(args, results, meta)
         return 0
     threads = torch.get_num_threads()
@@ -752,7 +758,7 @@ def run(args) -> int:
         torch.cuda.set_device(device)
     cases = default_cases(device, args.quick, args.dtypes, args.shapes)
     rounds = args.rounds or (2 if args.quick else 3)
-    timer = bu.Timer(device, args.quick)
+    timer = nu.Timer(device, args.quick)
     cute, cute_reason = load_upstream_cute(device)
     torch.manual_seed(0)
     bandwidth = timer.copy_bandwidth()
@@ -795,7 +801,7 @@ def run(args) -> int:
             torch.cuda.empty_cache()
     for line in meta["peer_errors"]:
         print(f"peer failed: {line}", file=sys.stderr)
-    print(bu.format_table(results))
+    print(nu.format_table(results))
     write_outputs(args, results, meta)
     exact = all(r.bit_identical for r in results if r.exact_required)
     return 0 if exact else 1
