@@ -124,7 +124,13 @@ class Timer:
         return elapsed / n * 1e6
 
     def capture(self, fn: Callable, rotation: Rotation):
-        """(graph, calls) of ``fn`` over the rotation's sets, or (None, reason)."""
+        """(graph, calls) of ``fn`` over the rotation's sets, or (None, reason).
+
+        Each captured call takes the next input set (sets larger than L2 in all).
+        Memory freed inside the capture is reused within it (seen on an H200:
+        ten 75600x5120 pre-port calls reserve what one does), so a graph holds
+        about one call's temporaries.
+        """
         if not self.cuda:
             return None, "no CUDA graphs on the CPU"
         sets = rotation.sets
@@ -144,7 +150,10 @@ class Timer:
             graph.replay()
             torch.cuda.synchronize(self.device)
         except Exception as e:  # any capture failure is reported, not raised
-            torch.cuda.synchronize(self.device)
+            try:
+                torch.cuda.synchronize(self.device)
+            except Exception:  # an invalidated capture may fail once more here
+                pass
             return None, f"capture failed: {type(e).__name__}: {e}".splitlines()[0]
         return graph, n
 
