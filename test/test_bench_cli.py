@@ -132,3 +132,17 @@ def test_plot_writes_a_png(tmp_path):
     png = tmp_path / "p.png"
     _run(tmp_path, "--plot", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_full_cuda_case_list_covers_the_wan_targets():
+    cases = bench.default_cases(torch.device("cuda"), quick=False)
+    fused = [c for c in cases if c.module in bench.FUSED_MODULES]
+    shapes = {(c.tokens, c.dim) for c in fused}
+    assert shapes == {(t, d) for t in bench.CUDA_TOKENS for d in bench.CUDA_DIMS}
+    for module in bench.FUSED_MODULES:
+        kinds = {(c.mod_dtype, c.frames) for c in fused if c.module == module}
+        assert {(torch.float32, 0), (torch.bfloat16, 0)} <= kinds
+        assert (torch.float32, bench.WAN_FRAMES) in kinds
+        assert (torch.bfloat16, bench.WAN_FRAMES) in kinds
+    # per-frame only where the tokens split into 21 frames (32760, 75600)
+    assert all(c.tokens % bench.WAN_FRAMES == 0 for c in fused if c.frames)

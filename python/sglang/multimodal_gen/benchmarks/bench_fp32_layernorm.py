@@ -19,7 +19,9 @@ the variants (round-robin, rotated start) and every number is reported as the
 median with its [min, max] over rounds:
 
 * ``graph``: CUDA-graph replay (n calls captured after warm-up, timed with events,
-  divided by n; "n/a" with the reason in the JSON where capture fails or on CPU);
+  divided by n; "n/a" with the reason in the JSON where capture fails or on CPU).
+  Under capture FP32LayerNorm's cached path records the parameter casts (by
+  design, so replays read live parameters); upstream's class replays its cache;
 * ``bench``: ``triton.testing.do_bench`` median on CUDA (inputs rotate through
   sets larger than L2), a perf_counter median of single calls on CPU;
 * ``host``: microseconds per call of a plain loop of n calls, synchronized only

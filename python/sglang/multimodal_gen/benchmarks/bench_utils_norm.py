@@ -83,7 +83,8 @@ class Timer:
         self.cuda = device.type == "cuda"
         self.quick = quick
         # bench: do_bench warm-up / repetition ms per round (CUDA), calls (CPU)
-        self.warmup_ms, self.rep_ms = (5, 20) if quick else (10, 50)
+        # a full CUDA run (288 cases, 2-5 variants, 3 rounds) stays near 5 minutes
+        self.warmup_ms, self.rep_ms = (5, 15) if quick else (5, 25)
         # CPU: the default run stays well inside a minute on two shared cores
         self.cpu_calls = 1 if quick else 2
         self.host_calls = (20 if quick else 50) if self.cuda else self.cpu_calls
