@@ -8,9 +8,10 @@ the modulation chain, and ``fullgraph=True`` proves there is no graph break.
 
 import pytest
 import torch
-from _shared import DEVICES
 
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
+
+from _shared import DEVICES
 
 
 class _WanLikeBlock(torch.nn.Module):

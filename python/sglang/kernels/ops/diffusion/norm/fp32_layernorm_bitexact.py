@@ -566,11 +566,11 @@ _PLANS: dict = {}
 _MAX_PLANS = 4096
 
 
-def _planned(x, weight, bias, eps, residual=None, gate=None, scale=None, shift=None):
-    """Launch through the plan cached for these operands' configuration.
+def plan_for(x, weight, bias, eps, residual=None, gate=None, scale=None, shift=None):
+    """The cached ``_Plan`` for these operands' configuration (see ``_plan_key``).
 
-    ``x`` (and ``residual``) must be contiguous; the callers' predicates and
-    ``_plan_key`` (which holds the strides) guarantee it.
+    ``x`` is ``[M, D]`` or ``[B, L, D]`` and contiguous, as is ``residual``; a
+    plan made for a 2-D ``x`` also serves any contiguous ``x`` with the same rows.
     """
     key = _plan_key(x, weight, bias, eps, residual, gate, scale, shift)
     plan = _PLANS.get(key)
@@ -579,6 +579,11 @@ def _planned(x, weight, bias, eps, residual=None, gate=None, scale=None, shift=N
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         _PLANS[key] = plan
+    return plan
+
+
+def _planned(x, weight, bias, eps, residual=None, gate=None, scale=None, shift=None):
+    plan = plan_for(x, weight, bias, eps, residual, gate, scale, shift)
     return plan(x, weight, bias, eps, residual, gate, scale, shift)
 
 

@@ -28,11 +28,13 @@ import torch.nn.functional as F
 
 from sglang.kernels.ops.diffusion.norm.fp32_layernorm_bitexact import (
     _aligned,
+    _tensor_key,
     can_use_fp32_layernorm_bitexact,
     can_use_fused_layernorm_scale_shift_bitexact,
     fp32_layernorm_bitexact,
     fused_layernorm_scale_shift_bitexact,
     fused_scale_residual_layernorm_scale_shift_bitexact,
+    plan_for,
     triton,
 )
 
@@ -219,26 +221,45 @@ def fp32_layernorm_path(
     return "cached"
 
 
-def _triton_layer_norm(x, normalized_shape, weight, bias, eps):
-    return fp32_layernorm_bitexact(x, weight, bias, eps)
+# Decisions per operand configuration: everything below is a function of the
+# shapes, strides, dtypes, devices, alignments and eps of the operands (the
+# _runner_key) plus the proofs, so once a proof is final the decision is stored
+# and a call costs one key and one dict lookup before the launch.
+_RUNNERS: dict = {}
+_MAX_RUNNERS = 4096
 
 
-_SINGLE_PASS = {"aten_reduced": F.layer_norm, "triton": _triton_layer_norm}
+def _runner_key(eps, *tensors) -> tuple:
+    return (_FORCE_REFERENCE, eps, *map(_tensor_key, tensors))
 
 
-def try_fp32_layernorm_single_pass(
-    x: torch.Tensor,
-    normalized_shape: Tuple[int, ...],
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    eps: float,
-) -> Optional[torch.Tensor]:
-    """One pass over ``x`` where a path is proven here; ``None`` otherwise."""
-    path = fp32_layernorm_path(x, normalized_shape, weight, bias)
-    fast = _SINGLE_PASS.get(path)
-    if fast is None:
-        return None
-    shape = tuple(normalized_shape)
+def _remember(key, runner) -> None:
+    if len(_RUNNERS) >= _MAX_RUNNERS:
+        _RUNNERS.clear()
+    _RUNNERS[key] = runner
+
+
+def _single_pass_runner(x, shape, weight, bias, eps):
+    """``(runner or None, final)``; ``final``: the decision may be stored."""
+    path = fp32_layernorm_path(x, shape, weight, bias)
+    if path not in ("triton", "aten_reduced"):
+        return None, True
+    if path == "aten_reduced":
+
+        def run(x, weight, bias):
+            return F.layer_norm(x, shape, weight, bias, eps)
+
+    elif x.is_contiguous():
+        plan = plan_for(x.view(-1, x.shape[-1]), weight, bias, eps)
+
+        def run(x, weight, bias):
+            return plan(x, weight, bias, eps)
+
+    else:
+
+        def run(x, weight, bias):
+            return fp32_layernorm_bitexact(x, weight, bias, eps)
+
     key = (path, x.device, x.dtype, shape, _dtype_of(weight), _dtype_of(bias))
     if not _PROOFS.verdict(key):
 
@@ -251,11 +272,38 @@ def try_fp32_layernorm_single_pass(
             cb = None if cb is None else cb.view(shape)
             return cx.view(rows, *shape), shape, cw, cb, eps
 
-        if not _PROOFS.proven(
-            key, x.device, fast, fp32_layernorm_reference, make_inputs
-        ):
-            return None
-    return fast(x, shape, weight, bias, eps)
+        def fast(x, shape, weight, bias, eps):
+            return _SINGLE_PASS[path](x, shape, weight, bias, eps)
+
+        ok = _PROOFS.proven(key, x.device, fast, fp32_layernorm_reference, make_inputs)
+        final = _PROOFS.verdict(key) is not None
+        return (run if ok else None), final
+    return run, True
+
+
+def _triton_layer_norm(x, normalized_shape, weight, bias, eps):
+    return fp32_layernorm_bitexact(x, weight, bias, eps)
+
+
+_SINGLE_PASS = {"aten_reduced": F.layer_norm, "triton": _triton_layer_norm}
+_UNKNOWN = object()
+
+
+def try_fp32_layernorm_single_pass(
+    x: torch.Tensor,
+    normalized_shape: Tuple[int, ...],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+) -> Optional[torch.Tensor]:
+    """One pass over ``x`` where a path is proven here; ``None`` otherwise."""
+    key = _runner_key(eps, x, weight, bias)
+    run = _RUNNERS.get(key, _UNKNOWN)
+    if run is _UNKNOWN:
+        run, final = _single_pass_runner(x, tuple(normalized_shape), weight, bias, eps)
+        if final:
+            _remember(key, run)
+    return None if run is None else run(x, weight, bias)
 
 
 def fused_layernorm_path(
@@ -368,6 +416,41 @@ def _fused_fast(x, weight, bias, eps, residual, gate, scale, shift):
     )
 
 
+def _fused_runner(x, weight, bias, eps, scale, shift, residual, gate):
+    """``(plan or None, final)`` for the fused kernel, as ``_single_pass_runner``."""
+    if not can_use_fused_layernorm_scale_shift_bitexact(
+        x, weight, bias, scale, shift, residual, gate
+    ):
+        return None, True
+    if not x.is_contiguous() or not (residual is None or residual.is_contiguous()):
+        return None, True  # the eager chain reads any layout as fast
+    dim = x.shape[-1]
+    key = ("fused", x.device, x.dtype, dim, _dtype_of(weight), _dtype_of(bias),
+           _dtype_of(residual), _dtype_of(gate), scale.dtype,
+           shift.dtype)  # fmt: skip
+    plan = plan_for(x, weight, bias, eps, residual, gate, scale, shift)
+    if _PROOFS.verdict(key):
+        return plan, True
+
+    def make_inputs():
+        gen = torch.Generator(device=x.device).manual_seed(1245)
+        rows = 257
+
+        def rnd(dtype):
+            return _random_rows(1, rows * dim, dtype, x.device, gen).view(1, rows, dim)
+
+        def mod_like(t):
+            return None if t is None else (rnd(t.dtype)[:, :1] * 0.3).contiguous()
+
+        cw, cb = _like(weight, dim, x.device, gen), _like(bias, dim, x.device, gen)
+        cres = None if residual is None else rnd(residual.dtype)
+        return (rnd(x.dtype), cw, cb, eps, cres, mod_like(gate),
+                mod_like(scale), mod_like(shift))  # fmt: skip
+
+    ok = _PROOFS.proven(key, x.device, _fused_fast, _fused_reference, make_inputs)
+    return (plan if ok else None), _PROOFS.verdict(key) is not None
+
+
 def try_fused_layernorm_scale_shift(
     x: torch.Tensor,
     weight: Optional[torch.Tensor],
@@ -381,38 +464,26 @@ def try_fused_layernorm_scale_shift(
     """The fused kernel where proven against the eager chain; ``None`` otherwise.
 
     Returns the modulated output, or ``(modulated, residual_output)`` with a
-    residual (``gate=None`` means a gate of 1), as the chain would.
+    residual (``gate=None`` means a gate of 1), as the chain would. Not with
+    grad enabled or while compiling (see ``fused_layernorm_path``).
     """
-    if fused_layernorm_path(x, weight, bias, scale, shift, residual, gate) != "triton":
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None
-    dim = x.shape[-1]
-    key = ("fused", x.device, x.dtype, dim, _dtype_of(weight), _dtype_of(bias),
-           _dtype_of(residual), _dtype_of(gate), scale.dtype,
-           shift.dtype)  # fmt: skip
-    if not _PROOFS.verdict(key):
-
-        def make_inputs():
-            gen = torch.Generator(device=x.device).manual_seed(1245)
-            rows = 257
-
-            def rnd(dtype):
-                return _random_rows(1, rows * dim, dtype, x.device, gen).view(
-                    1, rows, dim
-                )
-
-            def mod_like(t):
-                return None if t is None else (rnd(t.dtype)[:, :1] * 0.3).contiguous()
-
-            cw, cb = _like(weight, dim, x.device, gen), _like(bias, dim, x.device, gen)
-            cres = None if residual is None else rnd(residual.dtype)
-            return (rnd(x.dtype), cw, cb, eps, cres, mod_like(gate),
-                    mod_like(scale), mod_like(shift))  # fmt: skip
-
-        if not _PROOFS.proven(
-            key, x.device, _fused_fast, _fused_reference, make_inputs
-        ):
-            return None
-    return _fused_fast(x, weight, bias, eps, residual, gate, scale, shift)
+    key = _runner_key(eps, x, weight, bias, scale, shift, residual, gate)
+    plan = _RUNNERS.get(key, _UNKNOWN)
+    if plan is _UNKNOWN:
+        plan = None
+        if not _FORCE_REFERENCE:
+            plan, final = _fused_runner(
+                x, weight, bias, eps, scale, shift, residual, gate
+            )
+        else:
+            final = True
+        if final:
+            _remember(key, plan)
+    if plan is None:
+        return None
+    return plan(x, weight, bias, eps, residual, gate, scale, shift)
 
 
 ################################################################################
