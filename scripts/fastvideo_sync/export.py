@@ -167,8 +167,9 @@ def export_port(port: Port, repo_root: Path, args) -> tuple[dict, int]:
         if rel.endswith(".py"):
             test_needs |= _test_needs(plan.current(rel), module)
     ours_text = read_text(repo_root / port.target_path, port.target_path)
+    routed_text = plan.current(port.upstream_path)
     splice = splice_class(
-        plan.current(port.upstream_path),
+        routed_text,
         ours_text,
         port.target_symbol,
         port.upstream_name,
@@ -176,12 +177,24 @@ def export_port(port: Port, repo_root: Path, args) -> tuple[dict, int]:
     )
     plan.set(port.upstream_path, splice.text)
     outside = outside_lines(old, splice.text, port.upstream_name)
+    # what the tests alone cost: the same splice without their needs
+    without_tests = splice_class(
+        routed_text,
+        ours_text,
+        port.target_symbol,
+        port.upstream_name,
+        class_needs,
+    )
+    for_tests = outside - outside_lines(old, without_tests.text, port.upstream_name)
+    test_helpers = sorted(set(splice.helpers_added) - set(without_tests.helpers_added))
     limit = port.export_max_outside_lines
     if limit and outside > limit:
         raise ToolError(
             f"{port.upstream_path}: {outside} changed lines outside "
-            f"{port.upstream_name}, more than export_max_outside_lines = {limit}; "
-            "shrink what the class, the routing and the tests need at module level"
+            f"{port.upstream_name} ({for_tests} of them only for the tests: "
+            f"{'; '.join(h.split(' (')[0] for h in test_helpers) or '-'}), more "
+            f"than export_max_outside_lines = {limit}; shrink what the class, the "
+            "routing and the tests need at module level"
         )
     changes = plan.changes()
     if args.patch:
@@ -210,6 +223,8 @@ def export_port(port: Port, repo_root: Path, args) -> tuple[dict, int]:
         "needed_by_test": sorted(needs),
         "test": {"path": port.upstream_test_path, "state": test_state},
         "outside_class_lines": outside,
+        "outside_class_lines_for_tests": for_tests,
+        "helpers_for_tests": test_helpers,
         "outside_class_limit": limit or None,
         "steps": steps,
         "files": {
@@ -250,7 +265,9 @@ def _export_text(report: dict) -> str:
     limit = report["outside_class_limit"]
     lines.append(
         f"  outside   {report['outside_class_lines']} changed lines outside "
-        f"{report['class']}" + (f" (limit {limit})" if limit else "")
+        f"{report['class']}"
+        + (f" (limit {limit})" if limit else "")
+        + f", {report['outside_class_lines_for_tests']} of them for the tests"
     )
     for step in report["steps"]:
         lines.append(f"  step      {step['kind']} {step.get('path', '')}".rstrip())
