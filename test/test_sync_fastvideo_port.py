@@ -836,7 +836,8 @@ OUR_UPDATER = """import json
 
 
 def changed(a, b=1):
-    return json.dumps("new")
+    value = json.dumps("new")  # a local: not a name the module must define
+    return value
 
 
 class Updater:
@@ -941,7 +942,8 @@ def test_functions_replaces_only_the_named_functions_and_methods():
             "+import json",
             '-    return "old"',
             '-        return "old"',
-            '+    return json.dumps("new")',
+            '+    value = json.dumps("new")  # a local: not a name the module must define',
+            "+    return value",
             '+        return "new"',
         ]
     )

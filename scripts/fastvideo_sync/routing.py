@@ -131,6 +131,24 @@ def _our_functions(o_tree: ast.Module, symbols) -> list[str]:
     return names
 
 
+def _free_names(func) -> set[str]:
+    """Names ``func`` reads that it does not bind itself (an approximation that
+    ignores scoping inside it: a name bound anywhere in it counts as local)."""
+    bound = set()
+    for node in ast.walk(func):
+        if isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update(a.asname or a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, _DEF_TYPES) and node is not func:
+            bound.add(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return _referenced(func) - bound
+
+
 def _function(tree: ast.Module, name: str, label: str):
     if "." in name:
         return _method(tree, name, label)[1]
@@ -161,7 +179,7 @@ def replace_functions(target_text: str, ours_text: str, symbols=()) -> Routing:
         )
         if _canonical(ours.args) != _canonical(theirs.args):
             result.conflicts.append(f"{name}: signature differs from upstream's")
-        result.needs |= _referenced(ours)
+        result.needs |= _free_names(ours)
         new = o_lines[_first_line(ours) - 1 : ours.end_lineno]
         new = _reindent(new, ours.col_offset, theirs.col_offset)
         new = [line.rstrip("\r\n") + nl for line in new]
