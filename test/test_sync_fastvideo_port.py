@@ -1103,6 +1103,36 @@ def test_export_copy_refuses_to_replace_a_different_upstream_file(
     assert "set replace = true" in report["error"]
 
 
+def test_export_again_into_an_exported_tree_changes_nothing(capsys, tmp_path, origin):
+    ours, checkout = _e2e(tmp_path, origin)
+    code, _, err = ours.run(capsys, "export", "--sglang", str(checkout))
+    assert code == 0, err
+    git(checkout, "add", "-A")
+    git(checkout, "commit", "-q", "-m", "exported")
+    code, report, err = ours.run(capsys, "export", "--sglang", str(checkout))
+    assert code == 0, err
+    port = report["ports"][0]
+    assert port["files"] == {} and port["outside_class_lines"] == 0
+    assert git(checkout, "status", "--porcelain") == ""
+    prelude = [s for s in port["steps"] if s["kind"] == "prelude"][0]
+    assert prelude["already"] == ["After.forward_xpu"]
+
+
+def test_test_needs_follow_module_aliases():
+    from fastvideo_sync.export import _test_needs
+
+    module = "sglang.multimodal_gen.runtime.layers.layernorm"
+    text = (
+        "from sglang.multimodal_gen.runtime.layers import layernorm as ln\n"
+        "import sglang.multimodal_gen.runtime.layers.layernorm as m\n"
+        f"from {module} import FP32LayerNorm\n"
+        "ln.drop_caches(ln.FP32LayerNorm)\n"
+        "m.helper\n"
+        "other.not_this\n"
+    )
+    assert _test_needs(text, module) == {"FP32LayerNorm", "drop_caches", "helper"}
+
+
 ################################################################################
 # REAL MANIFEST: runs `status` on the repo's own scripts/fastvideo_ports.toml.
 # It fails whenever FP32LayerNorm is edited without re-recording our side:
