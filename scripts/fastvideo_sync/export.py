@@ -269,6 +269,7 @@ def _export_text(report: dict) -> str:
         + (f" (limit {limit})" if limit else "")
         + f", {report['outside_class_lines_for_tests']} of them for the tests"
     )
+    lines += [f"  for tests {h}" for h in report["helpers_for_tests"]]
     for step in report["steps"]:
         lines.append(f"  step      {step['kind']} {step.get('path', '')}".rstrip())
         for key, value in step.items():
