@@ -1133,6 +1133,22 @@ def test_test_needs_follow_module_aliases():
     assert _test_needs(text, module) == {"FP32LayerNorm", "drop_caches", "helper"}
 
 
+def test_export_imports_join_upstream_blocks_in_isort_order():
+    upstream = (
+        "import torch\nimport torch.nn as nn\n\nfrom pkg.ops import (\n"
+        "    alpha,\n    omega,\n)\n\n\nclass FP32LayerNorm:\n    pass\n"
+    )
+    ours = (
+        "import torch\nfrom torch.x import Y\n\nfrom pkg.ops import CONST, beta, alpha\n"
+        "\n\nclass FP32LayerNorm:\n    def f(self):\n        return CONST, beta, Y\n"
+    )
+    done = splice.splice_class(upstream, ours, "FP32LayerNorm")
+    assert done.text.startswith(
+        "import torch\nimport torch.nn as nn\nfrom torch.x import Y\n\n"
+        "from pkg.ops import (\n    CONST,\n    alpha,\n    beta,\n    omega,\n)\n"
+    )
+
+
 ################################################################################
 # REAL MANIFEST: runs `status` on the repo's own scripts/fastvideo_ports.toml.
 # It fails whenever FP32LayerNorm is edited without re-recording our side:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from .common import ToolError
+from .imports import place_imports
 from .symbols import (
     _DEF_TYPES,
     Symbol,
@@ -392,10 +393,6 @@ def splice_class(
     needs = _referenced(ours.node) | set(extra_needs)
     imports, helpers = _needed_helpers(o_tree, ours.top, t_tree, needs, splice)
 
-    import_text = [
-        _render_import(o_tree.body[i], names) for i, names in sorted(imports.items())
-    ]
-    splice.imports_added = [t.rstrip("\n") for t in import_text]
     o_lines = _with_newlines(ours.lines, nl)
     helper_lines = _helper_lines(o_tree, o_lines, helpers, nl)
     splice.helpers_added = [_describe(o_tree.body[i]) for i in helpers]
@@ -407,7 +404,10 @@ def splice_class(
     if not import_at <= helpers_at <= target.first - 1:
         raise ToolError("target layout not supported: the class precedes its imports")
     edit = _Edit()
-    edit.insert(import_at, _with_newlines(split_lines("".join(import_text)), nl))
+    wanted = [(o_tree.body[i], names) for i, names in sorted(imports.items())]
+    splice.imports_added = place_imports(
+        t_tree, target.lines, import_at, wanted, nl, edit, _render_import
+    )
     edit.insert(helpers_at, helper_lines)
     lines = target.lines[: target.first - 1] + ["\0CLASS"] + target.lines[target.last :]
     merged = edit.apply(lines)
