@@ -94,7 +94,7 @@ def extend_defs(target_text: str, ours_text: str) -> InPlace:
     result = InPlace(text=target_text)
     t_bound = set().union(*(_bound_names(s) for s in t_tree.body))
     o_imports = [s for s in o_tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]
-    chunks, names, prev_end = [], [], 0
+    chunks, names, prev_end, needed = [], [], 0, set()
     for stmt in o_tree.body:
         skip = (
             isinstance(stmt, (ast.Import, ast.ImportFrom))
@@ -111,9 +111,7 @@ def extend_defs(target_text: str, ours_text: str) -> InPlace:
             continue
         chunks.append(_with_newlines(o_lines[start - 1 : stmt.end_lineno], nl))
         names += sorted(_bound_names(stmt))
-    needed = set().union(
-        set(), *(_referenced(parse_source("".join(c), "ours")) for c in chunks)
-    )
+        needed |= _referenced(stmt)
     imports = []
     for stmt in o_imports:
         wanted = (_bound_names(stmt) & needed) - t_bound
