@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 # upstream: init_logger(__name__); scaffolding only, never exported
