@@ -17,7 +17,7 @@
 # what pydantic, aiohttp and requests need at run time). UPDATER_PINS are what
 # the weight updater (post_training/weights_updater.py) and the Wan DiT module
 # add: cache-dit, diffusers, transformers and what they import, found the same
-# way. Both releases need the same set.
+# way (cloudpickle: 0.5.22 only, harmless on 0.5.23).
 #
 # torchvision: PyPI's Linux wheels are CUDA builds whose C extension cannot load
 # beside the CPU torch (its import then fails on "torchvision::nms does not
@@ -85,6 +85,7 @@ UPDATER_PINS=(
     addict==2.4.0
     apache-tvm-ffi==0.1.11
     cache-dit==1.5.1
+    cloudpickle==3.1.3
     compressed-tensors==0.18.0
     diffusers==0.37.0
     dill==0.4.1

@@ -248,8 +248,9 @@ def test_source_check_rejects_bent_upstream_sources():
         _updater.source_problems(renamed)[0][0]
     )
     no_call = src.replace(
-        "load_weights_into_model(weights_iter, model_params)", "pass"
+        "            load_weights_into_model(", "            other_writer("
     )
+    assert no_call.count("other_writer(") == 2
     assert "_load_weights_into_module does not call" in " ".join(
         _updater.source_problems(no_call)[0]
     )
