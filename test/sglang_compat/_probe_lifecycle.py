@@ -14,9 +14,9 @@ import logging
 import sys
 
 import sglang.multimodal_gen.runtime.layers.layernorm as upstream
+from sgl_mmgen_fp32ln import _graft
 from sglang.multimodal_gen.runtime.layers.custom_op import CustomOp
 from sglang.multimodal_gen.runtime.platforms import plugins
-from sgl_mmgen_fp32ln import _graft
 
 WATCHED = (
     "FP32LayerNorm",

@@ -254,11 +254,13 @@ def test_source_check_rejects_bent_upstream_sources():
     assert "_load_weights_into_module does not call" in " ".join(
         _updater.source_problems(no_call)[0]
     )
-    assert _updater.source_problems(src.replace(
-        "param.data.copy_(loaded_weight.to(param.dtype))",
-        "param.data.copy_(loaded_weight.to(param.dtype))\n"
-        "                increment_version(param)",
-    )) == ([], True)
+    assert _updater.source_problems(
+        src.replace(
+            "param.data.copy_(loaded_weight.to(param.dtype))",
+            "param.data.copy_(loaded_weight.to(param.dtype))\n"
+            "                increment_version(param)",
+        )
+    ) == ([], True)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,9 @@ from _harness import REPO
 from sgl_mmgen_fp32ln import _updater
 from sgl_mmgen_fp32ln._loader import load_layernorm
 
-TREE_UPDATER = REPO / "python/sglang/multimodal_gen/runtime/post_training/weights_updater.py"
+TREE_UPDATER = (
+    REPO / "python/sglang/multimodal_gen/runtime/post_training/weights_updater.py"
+)
 STALE = (
     "upstream's load_weights_into_model writes param.data.copy_ (and a DTensor's "
     "_local_tensor.copy_), which leaves param._version alone: upstream's "
