@@ -75,7 +75,7 @@ def source_problems(source: str) -> tuple:
         )
         if not called:
             problems.append(f"{caller} does not call {callee}")
-    already_fixed = ALREADY_FIXED_MARK in ast.get_source_segment(source, writer)
+    already_fixed = ALREADY_FIXED_MARK in (ast.get_source_segment(source, writer) or "")
     return problems, already_fixed
 
 
@@ -116,8 +116,11 @@ def plan_updater_hook() -> tuple:
         source = updater_source()
     except Exception as exc:  # an install without the module, or no source
         return None, [f"cannot locate {UPDATER_MODULE}: {exc!r}"], False
-    problems, already_fixed = source_problems(source)
-    problems += live_problems()
+    try:
+        problems, already_fixed = source_problems(source)
+        problems += live_problems()
+    except Exception as exc:  # a check tripping on an odd module: no hook
+        return None, [f"cannot check {UPDATER_MODULE}: {exc!r}"], False
     if problems or already_fixed:
         return None, problems, already_fixed
     return bump_written_versions, [], False
