@@ -29,8 +29,16 @@ Functions keep their code and their module globals (the private copy loaded by
 rebound to upstream's class, which makes each one the function that a ``def`` in
 upstream's class body would have produced.
 
-Upstream's structure is checked before anything is registered or set; on a
-mismatch the plugin logs one warning and changes nothing.
+It also registers an AROUND hook on upstream's weight writer
+``post_training.weights_updater.load_weights_into_model`` (see ``_updater``) so
+that live weight updates move the parameters' version counters, which the fp32
+caches key on.
+
+Upstream's structure is checked before anything is registered or set: the
+installed sglang must be in ``SUPPORTED_SGLANG``, and the layernorm classes must
+fit; otherwise the plugin logs one warning and changes nothing. If only the
+updater does not fit, the norm graft is applied and one warning says that the
+updater is not hooked.
 """
 
 import gc
@@ -44,6 +52,10 @@ from typing import Any, Optional
 
 logger = logging.getLogger("sgl_mmgen_fp32ln")
 
+# the sglang releases this plugin was checked against: [first, end); 0.5.22 is
+# the first with the diffusion plugin system, and 0.5.22 and 0.5.23 have the same
+# plugin, hook-registry and weight-updater modules
+SUPPORTED_SGLANG = ((0, 5, 22), (0, 5, 24))
 UPSTREAM_MODULE = "sglang.multimodal_gen.runtime.layers.layernorm"
 NORM_CLASS = "FP32LayerNorm"
 # upstream fused modules whose forward_cuda becomes ours; both must be LayerNorm ones
@@ -88,6 +100,8 @@ class GraftPlan:
     source: type
     replaced: dict = field(default_factory=dict)
     added: dict = field(default_factory=dict)
+    # AROUND hooks: dotted target -> hook (the weight writer, see _updater)
+    wrapped: dict = field(default_factory=dict)
 
 
 # set once the hooks are registered in this process (registration is one-way)
@@ -265,8 +279,50 @@ def _defer_rebind(classes: tuple, cache_attrs) -> int:
     return count
 
 
+def _release(version: str) -> Optional[tuple]:
+    """``"0.5.23.post1"`` -> ``(0, 5, 23)``; ``None`` if it does not start so."""
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            return None
+        parts.append(int(digits))
+        if digits != part:
+            break
+    return tuple(parts) if len(parts) == 3 else None
+
+
+def version_problem(version: Optional[str]) -> Optional[str]:
+    """Why ``version`` of sglang is not supported (``None`` when it is)."""
+    first, end = SUPPORTED_SGLANG
+    wanted = f">={'.'.join(map(str, first))},<{'.'.join(map(str, end))}"
+    release = _release(version) if isinstance(version, str) else None
+    if release is None or not first <= release < end:
+        return f"sglang {version} is outside the supported range {wanted}"
+    # pre-releases of the first supported release predate what was checked
+    if release == first and any(t in version for t in ("a", "b", "rc", "dev")):
+        return f"sglang {version} is outside the supported range {wanted}"
+    return None
+
+
+def installed_sglang_version() -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sglang")
+    except PackageNotFoundError:
+        return None
+
+
 def _prepare() -> Optional[GraftPlan]:
     """Import, check and plan; ``None`` (after one warning) if anything is off."""
+    problem = version_problem(installed_sglang_version())
+    if problem:
+        return _skip(problem)
     try:
         upstream = importlib.import_module(UPSTREAM_MODULE)
     except Exception as exc:  # an SGLang without this module, or a broken install
@@ -286,6 +342,23 @@ def _prepare() -> Optional[GraftPlan]:
         return _skip(f"cannot plan the graft: {exc!r}")
     if problems:
         return _skip("; ".join(problems))
+    from sgl_mmgen_fp32ln import _updater
+
+    hook, problems, already_fixed = _updater.plan_updater_hook()
+    if hook is not None:
+        plan.wrapped[_updater.TARGET] = hook
+    elif problems:
+        logger.warning(
+            "sgl_mmgen_fp32ln: weight updater not hooked (%s): after a live weight "
+            "update call drop_fp32_layer_norm_caches(model): %s",
+            _updater.TARGET,
+            "; ".join(problems),
+        )
+    elif already_fixed:
+        logger.info(
+            "sgl_mmgen_fp32ln: %s already bumps parameter versions; not hooked",
+            _updater.TARGET,
+        )
     return plan
 
 
@@ -324,11 +397,15 @@ def register_hooks() -> None:
         rebinds = _defer_rebind(classes, cache_attrs)
         for target, fn in plan.replaced.items():
             plugin_hook(target, HookType.REPLACE)(fn)
+        for target, fn in plan.wrapped.items():
+            plugin_hook(target, HookType.AROUND)(fn)
         _PLAN = plan
     logger.info(
-        "sgl_mmgen_fp32ln: registered %d REPLACE hooks, added %s to %s "
+        "sgl_mmgen_fp32ln: registered %d REPLACE hooks and %d AROUND hook(s) "
+        "(weight updater), added %s to %s "
         "(%d existing instances will rebind their forward)",
         len(plan.replaced),
+        len(plan.wrapped),
         ", ".join(sorted(plan.added)),
         NORM_CLASS,
         rebinds,
@@ -336,10 +413,12 @@ def register_hooks() -> None:
 
 
 __all__: list = [
+    "SUPPORTED_SGLANG",
     "GraftPlan",
     "bind_class_cell",
     "installed_plan",
     "plan_graft",
     "register_hooks",
     "structure_problems",
+    "version_problem",
 ]

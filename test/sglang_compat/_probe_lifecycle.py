@@ -14,6 +14,7 @@ import logging
 import sys
 
 import sglang.multimodal_gen.runtime.layers.layernorm as upstream
+from sgl_mmgen_fp32ln import _graft
 from sglang.multimodal_gen.runtime.layers.custom_op import CustomOp
 from sglang.multimodal_gen.runtime.platforms import plugins
 
@@ -141,12 +142,62 @@ MISMATCHES = {
         upstream, "ScaleResidualLayerNormScaleShift", _MISSING
     ),
     "fused_norm_type": lambda: _swap(upstream.LayerNormScaleShift, "norm_type", "rms"),
+    "version_out_of_range": lambda: _swap(
+        _graft, "SUPPORTED_SGLANG", ((0, 4, 0), (0, 5, 0))
+    ),
 }
+UPDATER = "sglang.multimodal_gen.runtime.post_training.weights_updater"
+
+
+def _updater_signature():
+    import importlib
+
+    module = importlib.import_module(UPDATER)
+
+    def load_weights_into_model(weights_iter):
+        return None
+
+    return _swap(module, "load_weights_into_model", load_weights_into_model)
+
+
+# one child process each: they leave the updater imported or hooked
+UPDATER_CASES = {
+    "updater_not_found": lambda: _unimportable_missing(UPDATER),
+    "updater_signature": _updater_signature,
+    "updater_import_fails": lambda: _unimportable_missing("cache_dit"),
+}
+
+
+def _unimportable_missing(name):
+    old = sys.modules.get(name, _MISSING)
+    sys.modules[name] = None
+
+    def undo():
+        if old is _MISSING:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = old
+
+    return undo
 
 
 def main(argv):
     if not argv:
         print(json.dumps({"case": "plain", **run_lifecycle()}))
+        return
+    if argv[0] in UPDATER_CASES:
+        (case,) = argv
+        undo = UPDATER_CASES[case]()
+        imported = UPDATER in sys.modules and sys.modules[UPDATER] is not None
+        try:
+            result = run_lifecycle()
+        finally:
+            undo()
+        result["updater_imported_at_register"] = imported
+        result["updater_patched"] = (
+            f"{UPDATER}.load_weights_into_model" in plugins.HookRegistry._patched
+        )
+        print(json.dumps({"case": case, **result}))
         return
     for case in argv:
         undo = MISMATCHES[case]()

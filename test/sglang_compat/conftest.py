@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """SGLang compatibility harness: collected only where the real sglang is installed.
 
-Run it with ``bash scripts/run_sglang_compat.sh``: a venv holding sglang==0.5.23
-(``scripts/sglang_compat_env.sh``) plus this project's plugin wheel, and pytest on
-this directory with its own ``pytest.ini``. In the repo's normal test run (this
+Run it with ``bash scripts/run_sglang_compat.sh``: a venv holding the real sglang
+(``$SGLANG_COMPAT_VERSION``, 0.5.22 or 0.5.23; ``scripts/sglang_compat_env.sh``)
+plus this project's plugin wheel, and pytest on this directory with its own
+``pytest.ini``. In the repo's normal test run (this
 tree's partial ``sglang`` on ``sys.path``, no real one) the directory collects
 nothing. Run with this directory's ``pytest.ini`` but without the real sglang,
 it is a usage error rather than a silent pass.
@@ -56,8 +57,8 @@ def pytest_configure(config):
         )
 
 
-# What upstream SGLang 0.5.23's own FP32LayerNorm fails in the suite, measured on
-# CPU, each with the reason. Every parametrization of a listed test is expected to
+# What upstream SGLang's own FP32LayerNorm (0.5.22 and 0.5.23 alike) fails in the
+# suite, measured on CPU, each with the reason. Every parametrization of a listed test is expected to
 # fail (strict): fixing one upstream turns the harness red until it is removed.
 UPSTREAM_XFAILS = {
     "test_storage_reuse_never_returns_stale": (

@@ -29,6 +29,7 @@ from _harness import (
 
 PROBE = HARNESS / "_probe_lifecycle.py"
 N_REPLACED = 8  # 6 on FP32LayerNorm, forward_cuda of the 2 LayerNorm fused modules
+N_TARGETS = N_REPLACED + 1  # and the AROUND hook on the weight updater
 
 
 def _probe(*cases, env=None):
@@ -131,7 +132,7 @@ def test_sglang_plugins_allow_list(allow_list, applied):
     assert result["warnings"] == []
     assert result["patched"] is applied
     if applied:
-        assert len(result["hook_targets"]) == N_REPLACED
+        assert len(result["hook_targets"]) == N_TARGETS
         assert result["changed"] == [
             "FP32LayerNorm",
             "LayerNormScaleShift",
@@ -154,6 +155,7 @@ MISMATCH_MESSAGES = {
     "port_already_upstream": "_FP32_CACHE_ATTRS: upstream already has this",
     "fused_class_missing": "ScaleResidualLayerNormScaleShift is missing",
     "fused_norm_type": "LayerNormScaleShift.norm_type is not 'layer'",
+    "version_out_of_range": "is outside the supported range >=0.4.0,<0.5.0",
 }
 
 
@@ -179,7 +181,7 @@ def test_mismatch_probe_control_applies(mismatch_results):
     control = mismatch_results["control"]
     assert control["warnings"] == []
     assert control["patched"] is True
-    assert len(control["hook_targets"]) == N_REPLACED
+    assert len(control["hook_targets"]) == N_TARGETS
 
 
 def test_applied_process_suite():
@@ -198,3 +200,84 @@ def test_applied_process_suite():
     assert re.search(r"\b\d+ passed\b", summary), summary
     assert not re.search(r"failed|error|xfail|xpass", summary), summary
     print(proc.stdout[-4000:])
+
+
+UPDATER_CASES = {
+    # the updater cannot be located: the norm graft applies, one warning
+    "updater_not_found": "weight updater not hooked",
+    # already imported with another signature: the norm graft applies, one warning
+    "updater_signature": "load_weights_into_model's parameters (weights_iter)",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UPDATER_CASES))
+def test_updater_mismatch_warns_once_and_hooks_only_the_norms(case):
+    result = _probe(case, env=_env(SGLANG_PLUGINS=None))[case]
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert UPDATER_CASES[case] in result["warnings"][0]
+    assert result["patched"] is True
+    assert len(result["hook_targets"]) == N_REPLACED
+    assert not any("weights_updater" in t for t in result["hook_targets"])
+
+
+def test_updater_import_failing_at_apply_time_leaves_it_and_the_norms_apply():
+    """Registration imports nothing; if SGLang's apply step cannot import the
+    updater (here: cache_dit is unimportable), SGLang logs it and goes on."""
+    result = _probe("updater_import_fails", env=_env(SGLANG_PLUGINS=None))[
+        "updater_import_fails"
+    ]
+    assert result["warnings"] == []
+    assert result["patched"] is True
+    assert len(result["hook_targets"]) == N_TARGETS
+    assert result["updater_patched"] is False
+
+
+def test_source_check_rejects_bent_upstream_sources():
+    from sgl_mmgen_fp32ln import _updater
+
+    spec = importlib.util.find_spec(_updater.UPDATER_MODULE)
+    with open(spec.origin, encoding="utf-8") as f:
+        src = f.read()
+    assert _updater.source_problems(src) == ([], False)
+    renamed = src.replace(
+        "def load_weights_into_model(\n    weights_iter,",
+        "def load_weights_into_model(\n    entries,",
+    )
+    assert renamed != src
+    assert "parameters (entries, model_params, module_name)" in (
+        _updater.source_problems(renamed)[0][0]
+    )
+    no_call = src.replace(
+        "            load_weights_into_model(", "            other_writer("
+    )
+    assert no_call.count("other_writer(") == 2
+    assert "_load_weights_into_module does not call" in " ".join(
+        _updater.source_problems(no_call)[0]
+    )
+    assert _updater.source_problems(
+        src.replace(
+            "param.data.copy_(loaded_weight.to(param.dtype))",
+            "param.data.copy_(loaded_weight.to(param.dtype))\n"
+            "                increment_version(param)",
+        )
+    ) == ([], True)
+
+
+@pytest.mark.parametrize(
+    "version, ok",
+    [
+        ("0.5.22", True),
+        ("0.5.23", True),
+        ("0.5.23.post1", True),
+        ("0.5.20", False),
+        ("0.5.24", False),
+        ("0.5.24.dev0", False),
+        ("0.5.22rc1", False),
+        (None, False),
+        ("garbage", False),
+    ],
+)
+def test_supported_range(version, ok):
+    from sgl_mmgen_fp32ln import _graft
+
+    assert (_graft.version_problem(version) is None) is ok

@@ -29,10 +29,12 @@ def launch_hooks_set() -> bool:
 def run_compiled(kernel, grid: tuple, device: int, args: tuple, tail: tuple) -> None:
     """Launch compiled ``kernel`` on the current stream of ``device``.
 
-    ``args`` are the runtime arguments in signature order, ``tail`` the
-    constexpr values after them (Triton 3.6's launcher takes both).
+    ``grid`` has one to three dimensions; ``args`` are the runtime arguments in
+    signature order, ``tail`` the constexpr values after them (Triton 3.6's
+    launcher takes both).
     """
     driver = triton.runtime.driver.active
+    grid = (*grid, 1, 1)[:3]
     kernel.run(
         *grid, driver.get_current_stream(device), kernel.function,
         kernel.packed_metadata, None, None, None, *args, *tail,
