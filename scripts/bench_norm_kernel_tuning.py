@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from sglang.kernels.ops.diffusion import fp32_layernorm_reference
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
-from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
 SHAPES = ((32760, 1536), (32760, 5120), (75600, 5120))
 EPS = 1e-6
@@ -69,8 +69,8 @@ def bench_shape(tokens: int, dim: int, names, bw: float) -> list:
     w16, b16 = w.bfloat16(), b.bfloat16()
     floor = (2 * tokens * dim * 2 + 2 * dim * 4) / bw * 1e3
     want = {
-        "fp32": ln.reference_fp32_layer_norm(xs[0], (dim,), w, b, EPS),
-        "bf16": ln.reference_fp32_layer_norm(xs[0], (dim,), w16, b16, EPS),
+        "fp32": fp32_layernorm_reference(xs[0], (dim,), w, b, EPS),
+        "bf16": fp32_layernorm_reference(xs[0], (dim,), w16, b16, EPS),
     }
     print(f"{tokens}x{dim}: floor {floor:.4f} ms", flush=True)
     rows = []

@@ -47,6 +47,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from sglang.kernels.ops.diffusion import (
+    fp32_layernorm_path,
+    fp32_layernorm_reference,
+    fused_layernorm_path,
+)
 from sglang.multimodal_gen.benchmarks import bench_utils_norm as nu
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
@@ -95,11 +100,11 @@ def reference_outputs(case, m, args) -> tuple:
     """The uncached fp32 reference (the eager chain around it for fused modules)."""
     if case.module == "FP32LayerNorm":
         (x,) = args
-        return (ln.reference_fp32_layer_norm(x, (case.dim,), m.weight, m.bias, m.eps),)
+        return (fp32_layernorm_reference(x, (case.dim,), m.weight, m.bias, m.eps),)
     norm = m.norm
 
     def norm_fn(t):
-        return ln.reference_fp32_layer_norm(
+        return fp32_layernorm_reference(
             t, (case.dim,), norm.weight, norm.bias, norm.eps
         )
 
@@ -113,13 +118,15 @@ def reference_outputs(case, m, args) -> tuple:
 def path_name(case, m, args) -> str:
     """The path the module's default forward takes for these inputs."""
     if case.module == "FP32LayerNorm":
-        return ln.fp32_layer_norm_path(args[0], (case.dim,), m.weight, m.bias)
+        return fp32_layernorm_path(args[0], (case.dim,), m.weight, m.bias)
     if case.module.startswith("ScaleResidual"):
         residual, x, gate, shift, scale = args
-        path = ln.fused_norm_path(m, x, scale, shift, residual=residual, gate=gate)
+        path = fused_layernorm_path(
+            x, m.norm.weight, m.norm.bias, scale, shift, residual=residual, gate=gate
+        )
     else:
         x, shift, scale = args
-        path = ln.fused_norm_path(m, x, scale, shift)
+        path = fused_layernorm_path(x, m.norm.weight, m.norm.bias, scale, shift)
     return "fused-triton" if path == "triton" else "native"
 
 

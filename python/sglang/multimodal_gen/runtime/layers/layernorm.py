@@ -18,13 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from sglang.kernels.ops.diffusion import (  # noqa: F401 (re-exported names)
-    FP32_LAYERNORM_REFERENCE_ENV,
+from sglang.kernels.ops.diffusion import (
     force_reference,
     fp32_layernorm_opaque,
-    fp32_layernorm_path,
-    fp32_layernorm_reference,
-    fused_layernorm_path,
     gated_residual,
     is_capturing,
     layernorm_scale_shift_opaque,
@@ -35,11 +31,6 @@ from sglang.kernels.ops.diffusion import (  # noqa: F401 (re-exported names)
     try_fused_layernorm_scale_shift,
 )
 from sglang.multimodal_gen.runtime.layers.custom_op import CustomOp
-
-# the uncached reference every FP32LayerNorm path is bit-identical to
-reference_fp32_layer_norm = fp32_layernorm_reference
-# the single-pass path FP32LayerNorm takes for given operands (grad off)
-fp32_layer_norm_path = fp32_layernorm_path
 
 
 # Copied and adapted from sglang
@@ -441,24 +432,6 @@ def _fused_residual_norm_modulate(module: nn.Module, residual, x, gate, shift, s
         )
     return try_fused_layernorm_scale_shift(
         x, w, b, eps, scale, shift, residual=residual, gate=gate
-    )
-
-
-def fused_norm_path(
-    module: nn.Module,
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    residual: Optional[torch.Tensor] = None,
-    gate: Optional[torch.Tensor] = None,
-) -> str:
-    """``"triton"`` if a fused module's CUDA path would take the fused kernel for
-    these operands (its first-use proof aside), else ``"native"``."""
-    norm = _fused_norm_of(module, x)
-    if norm is None:
-        return "native"
-    return fused_layernorm_path(
-        x, norm.weight, norm.bias, scale, shift, residual=residual, gate=gate
     )
 
 

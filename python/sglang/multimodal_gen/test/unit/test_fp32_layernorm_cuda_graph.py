@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sglang.kernels.ops.diffusion import fp32_layernorm_path
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_select as sel
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
@@ -132,7 +133,7 @@ def test_cuda_graph_norm_replay_reads_live_params(
     )
     fill_(m, gen)
     x = rnd(gen, BATCH * SEQ, DIM, dtype=x_dtype, scale=2.0, offset=0.25)
-    path = ln.fp32_layer_norm_path(x, (DIM,), m.weight, m.bias)
+    path = fp32_layernorm_path(x, (DIM,), m.weight, m.bias)
     graph, out = capture(lambda: m(x), grad_mode)
 
     def check(what):

@@ -17,6 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sglang.kernels.ops.diffusion import (
+    FP32_LAYERNORM_REFERENCE_ENV,
+    fp32_layernorm_path,
+    fused_layernorm_path,
+)
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_select as sel
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
@@ -100,7 +105,7 @@ def test_fp32_layer_norm_cuda_sweep_is_bit_identical(
         ref = reference(x, (dim,), m.weight, m.bias, m.eps)
         assert y.dtype == dtype and y.shape == x.shape
         assert torch.equal(y, ref), f"{name}: {(y != ref).sum().item()} differ"
-        taken.add(ln.fp32_layer_norm_path(x, (dim,), m.weight, m.bias))
+        taken.add(fp32_layernorm_path(x, (dim,), m.weight, m.bias))
     pdtype = m.weight.dtype if m.weight is not None else dtype
     kernel = route == "kernel" and kb.triton is not None and kb._kernel_shape_ok(dim)
     if kernel:
@@ -269,7 +274,7 @@ def test_small_inputs_take_the_kernel_in_one_launch():
     # eager chain's six
     m = make_norm(1280, torch.bfloat16, "fp32")
     small = torch.randn(257, 1280, device="cuda").bfloat16()
-    assert ln.fp32_layer_norm_path(small, (1280,), m.weight, m.bias) == "triton"
+    assert fp32_layernorm_path(small, (1280,), m.weight, m.bias) == "triton"
     with torch.no_grad():
         assert torch.equal(m(small), reference(small, (1280,), m.weight, m.bias, m.eps))
     lss = ln.LayerNormScaleShift(1280).cuda()
@@ -291,7 +296,7 @@ def test_cpu_stays_on_the_cached_route():
         for params in PARAMS:
             m = make_norm(64, dtype, params, device="cpu")
             x = torch.randn(3, 64).to(dtype)
-            assert ln.fp32_layer_norm_path(x, (64,), m.weight, m.bias) == "cached"
+            assert fp32_layernorm_path(x, (64,), m.weight, m.bias) == "cached"
             with torch.no_grad():
                 assert torch.equal(m(x), reference(x, (64,), m.weight, m.bias, m.eps))
             if m.weight is not None and m.weight.dtype != torch.float32:
@@ -301,7 +306,9 @@ def test_cpu_stays_on_the_cached_route():
 def test_cpu_fused_modules_take_the_native_chain():
     m = ln.ScaleResidualLayerNormScaleShift(64, elementwise_affine=True)
     x = torch.randn(1, 8, 64).bfloat16()
-    assert ln.fused_norm_path(m, x, x, x, residual=x, gate=x) == "native"
+    norm = m.norm
+    path = fused_layernorm_path(x, norm.weight, norm.bias, x, x, residual=x, gate=x)
+    assert path == "native"
     with torch.no_grad():
         assert ln._fused_residual_norm_modulate(m, x, x, x, x, x) is None
 
@@ -310,7 +317,7 @@ def test_reference_switch_bypasses_cache_and_fast_paths(monkeypatch):
     monkeypatch.setattr(sel, "_FORCE_REFERENCE", True)
     m = make_norm(64, torch.bfloat16, "same", device="cpu")
     x = torch.randn(5, 64).bfloat16()
-    assert ln.fp32_layer_norm_path(x, (64,), m.weight, m.bias) == "reference"
+    assert fp32_layernorm_path(x, (64,), m.weight, m.bias) == "reference"
     with torch.no_grad():
         assert torch.equal(m(x), reference(x, (64,), m.weight, m.bias, m.eps))
     assert "_weight_fp32_cache" not in vars(m)
@@ -321,13 +328,14 @@ def test_reference_switch_is_read_from_the_environment(value, expected):
     code = textwrap.dedent(
         """
         import torch
+        from sglang.kernels.ops.diffusion import fp32_layernorm_path
         from sglang.multimodal_gen.runtime.layers import layernorm as ln
         m = ln.FP32LayerNorm(8)
         x = torch.randn(2, 8)
-        print(ln.fp32_layer_norm_path(x, (8,), m.weight, m.bias))
+        print(fp32_layernorm_path(x, (8,), m.weight, m.bias))
         """
     )
-    env = dict(os.environ, **{ln.FP32_LAYERNORM_REFERENCE_ENV: value})
+    env = dict(os.environ, **{FP32_LAYERNORM_REFERENCE_ENV: value})
     # this tree's python/ dir first, so the child imports the same module
     env["PYTHONPATH"] = os.pathsep.join([str(Path(ln.__file__).parents[4])] + sys.path)
     out = subprocess.run(
