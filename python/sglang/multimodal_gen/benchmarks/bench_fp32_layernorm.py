@@ -148,35 +148,6 @@ def load_upstream_cute(device) -> tuple:
     return (fused_norm_scale_shift, fused_scale_residual_norm_scale_shift), None
 
 
-class UpstreamFP32LayerNorm(torch.nn.LayerNorm):
-    """Upstream 0.5.23's ``FP32LayerNorm``: ``_cached_fp32_param`` + forward_native,
-    sharing ``src``'s parameters."""
-
-    def __init__(self, src: torch.nn.LayerNorm):
-        super().__init__(src.normalized_shape, eps=src.eps, elementwise_affine=False)
-        self.weight, self.bias = src.weight, src.bias
-
-    def _cached_fp32_param(self, attr, param, device):
-        if param is None:
-            return None
-        if torch.is_grad_enabled():
-            return param.float().to(device)
-        key = (param.data_ptr(), param._version, param.device, device, param.dtype)
-        cached = self.__dict__.get(attr)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        fp32 = param.float().to(device)
-        self.__dict__[attr] = (key, fp32)
-        return fp32
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._cached_fp32_param("_fp32_weight", self.weight, x.device)
-        b = self._cached_fp32_param("_fp32_bias", self.bias, x.device)
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(
-            x.dtype
-        )
-
-
 ################################################################################
 # Cases and variants
 ################################################################################
@@ -312,7 +283,7 @@ def floor_bytes(case: Case) -> int:
 def variants(case: Case, m, cute) -> dict[str, Callable]:
     """name -> fn(*inputs), baseline first."""
     if case.module == "FP32LayerNorm":
-        up = UpstreamFP32LayerNorm(m)
+        up = nu.UpstreamFP32LayerNorm(m)
 
         # ATen: parameters in x's dtype, converted once here (not timed)
         w = None if m.weight is None else m.weight.detach().to(case.dtype)

@@ -18,6 +18,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16",
@@ -351,3 +352,32 @@ def parse_shapes(parser, value: Optional[str]) -> Optional[list]:
             )
         shapes.append((int(match[1]), int(match[2])))
     return list(dict.fromkeys(shapes))
+
+
+class UpstreamFP32LayerNorm(torch.nn.LayerNorm):
+    """Upstream 0.5.23's ``FP32LayerNorm``: ``_cached_fp32_param`` + forward_native,
+    sharing ``src``'s parameters."""
+
+    def __init__(self, src: torch.nn.LayerNorm):
+        super().__init__(src.normalized_shape, eps=src.eps, elementwise_affine=False)
+        self.weight, self.bias = src.weight, src.bias
+
+    def _cached_fp32_param(self, attr, param, device):
+        if param is None:
+            return None
+        if torch.is_grad_enabled():
+            return param.float().to(device)
+        key = (param.data_ptr(), param._version, param.device, device, param.dtype)
+        cached = self.__dict__.get(attr)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        fp32 = param.float().to(device)
+        self.__dict__[attr] = (key, fp32)
+        return fp32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._cached_fp32_param("_fp32_weight", self.weight, x.device)
+        b = self._cached_fp32_param("_fp32_bias", self.bias, x.device)
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(
+            x.dtype
+        )
