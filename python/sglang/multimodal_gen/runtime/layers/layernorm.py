@@ -374,9 +374,10 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
 def drop_fp32_layer_norm_caches(module: nn.Module) -> int:
     """Drop the fp32 parameter caches of every FP32LayerNorm in ``module``.
 
-    For weight writers that bypass the version counter, such as
-    ``param.data.copy_(w)`` (upstream's ``update_weights_from_disk`` loader does
-    this): call it after the write. Returns how many norms were reset.
+    For weight writers that bypass the version counter, such as a bare
+    ``param.data.copy_(w)`` (what ``load_weights_into_model`` did before it
+    bumped the versions it writes): call it after the write. Returns how many
+    norms were reset.
     """
     count = 0
     for sub in module.modules():
