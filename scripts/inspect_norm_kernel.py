@@ -25,7 +25,7 @@ from triton.compiler import ASTSource
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 
 _POINTERS = ("X", "RES", "GATE", "W", "B", "SCALE", "SHIFT", "Y", "RES_OUT")
-_FP32_POINTERS = ("MEAN", "RSTD", "RCP")
+_FP32_POINTERS = ("MEAN", "RSTD", "RCP", "COEF")
 
 
 def compile_kernel(dim: int, fused: bool, tuning: dict, arch: int):

@@ -32,6 +32,7 @@ NUMERICS = "sglang.kernels.numerics"
 # the kernel modules our PR adds under upstream's norm package, in import order
 NEW_KERNEL_MODULES = (
     "sglang.kernels.ops.diffusion.common.direct_launch",
+    "sglang.kernels.ops.diffusion.norm.fp32_layernorm_triton",
     "sglang.kernels.ops.diffusion.norm.fp32_layernorm_bitexact",
     "sglang.kernels.ops.diffusion.norm.fp32_layernorm_select",
 )

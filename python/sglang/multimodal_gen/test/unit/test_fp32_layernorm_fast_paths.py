@@ -38,6 +38,20 @@ def triton_at_any_size(monkeypatch):
     monkeypatch.setattr(sel, "_TRITON_MIN_ELEMENTS", 0)
 
 
+@pytest.fixture(params=["block", "rows"])
+def norm_kernel(request, monkeypatch):
+    """Each Triton kernel at every shape: four warps per row, or a warp per row
+    (which the plans otherwise take only for many rows of D <= 1536)."""
+    if request.param == "rows":
+        rows = {**kb._ROWS_TUNING, "MAX_D": kb._KERNEL_MAX_D, "MIN_ROWS": 0}
+    else:
+        rows = {**kb._ROWS_TUNING, "MAX_D": 0}
+    monkeypatch.setattr(kb, "_ROWS_TUNING", rows)
+    monkeypatch.setattr(kb, "_PLANS", {})
+    monkeypatch.setattr(sel, "_RUNNERS", {})
+    return request.param
+
+
 SWEEP_DIMS = (8, 64, 100, 320, 1000, 1280, 1536, 3072, 4096, 5120, 8192, 12288)
 PARAMS = ("same", "fp32", "none", "weight-only")
 
@@ -90,7 +104,7 @@ def layouts(rows, dim, dtype, device, gen):
 @pytest.mark.parametrize("dim", SWEEP_DIMS)
 @pytest.mark.parametrize("route", ["kernel", "aten"])
 def test_fp32_layer_norm_cuda_sweep_is_bit_identical(
-    dim, params, dtype, route, monkeypatch
+    dim, params, dtype, route, norm_kernel, monkeypatch
 ):
     # "kernel": the Triton kernel wherever it applies; "aten": size-gated off it
     monkeypatch.setattr(
@@ -185,7 +199,7 @@ MOD_LAYOUTS = ("scalar", "[D]", "[B,D]", "[1,1,D]", "[B,1,D]", "[B,L,D]",
 @pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("mod_dtype", [torch.float32, "same"])
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.usefixtures("triton_at_any_size")
+@pytest.mark.usefixtures("triton_at_any_size", "norm_kernel")
 def test_fused_norm_scale_shift_equals_chain(x_dtype, mod_dtype, affine):
     mdtype = x_dtype if mod_dtype == "same" else mod_dtype
     dim, batch, seq = 1280, 2, 64
@@ -214,7 +228,7 @@ def test_fused_norm_scale_shift_equals_chain(x_dtype, mod_dtype, affine):
 @pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("mod_dtype", [torch.float32, "same"])
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.usefixtures("triton_at_any_size")
+@pytest.mark.usefixtures("triton_at_any_size", "norm_kernel")
 def test_fused_scale_residual_equals_chain(gate_layout, x_dtype, mod_dtype, affine):
     mdtype = x_dtype if mod_dtype == "same" else mod_dtype
     dim, batch, seq = 1536, 2, 96

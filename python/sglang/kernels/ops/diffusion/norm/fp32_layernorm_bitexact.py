@@ -47,281 +47,17 @@ from typing import Optional
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
+from sglang.kernels.ops.diffusion.norm.fp32_layernorm_triton import (
+    _fp32_norm_kernel,
+    _fp32_norm_rows_kernel,
+    triton,
+)
 
-    from sglang.kernels.numerics import (
-        round_fp32_to,
-        welford_combine,
-        welford_online_update,
-    )
+if triton is not None:
     from sglang.kernels.ops.diffusion.common.direct_launch import (
         DirectLauncher,
         run_compiled,
     )
-except ImportError:  # CPU-only installs and platforms without Triton
-    triton = None
-    tl = None
-
-if triton is not None:
-
-    @triton.jit
-    def _load_modulation(ptr, bi, li, cols, mask, stride_b, stride_f, stride_d, frame):
-        # a [B, F, D] view broadcast over the L rows of a batch, F = L // frame
-        offs = bi * stride_b + (li // frame) * stride_f + cols * stride_d
-        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _norm_input_tile(
-        X,
-        RES,
-        GATE,
-        row,
-        bi,
-        li,
-        cols,
-        mask,
-        stride_x,
-        stride_res,
-        g_sb,
-        g_sf,
-        g_sd,
-        g_frame,
-        HAS_RESIDUAL: tl.constexpr,
-        HAS_GATE: tl.constexpr,
-        G1_RND: tl.constexpr,
-        R_RND: tl.constexpr,
-    ):
-        # the values the norm sees: x, or residual + x * gate rounded as eager would
-        v = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        if HAS_RESIDUAL:
-            if HAS_GATE:
-                g = _load_modulation(
-                    GATE, bi, li, cols, mask, g_sb, g_sf, g_sd, g_frame
-                )
-                v = round_fp32_to(v * g, G1_RND)
-            res = tl.load(RES + row * stride_res + cols, mask=mask, other=0.0)
-            v = round_fp32_to(res.to(tl.float32) + v, R_RND)
-        return v
-
-    @triton.jit
-    def _merge_from(
-        mean,
-        m2,
-        n,
-        src,
-        AXIS: tl.constexpr,
-        MEAN_FMA: tl.constexpr,
-        M2_FMA: tl.constexpr,
-    ):
-        # every lane receives lane src[lane] (a shfl_down / shared-memory read)
-        return welford_combine(
-            mean, m2, n,
-            tl.gather(mean, src, AXIS), tl.gather(m2, src, AXIS), tl.gather(n, src, AXIS),
-            MEAN_FMA, M2_FMA,
-        )  # fmt: skip
-
-    @triton.jit
-    def _merge_lanes(mean, m2, n, lanes, MEAN_FMA: tl.constexpr, M2_FMA: tl.constexpr):
-        # ATen's order: shfl_down 16..1 inside each warp, then warps 0+2, 1+3 and
-        # 0+1. Lanes other than 0 also merge (wrapped partners) but lane 0 never
-        # reads them, and only lane 0's result is used. As [4, 32] the in-warp
-        # gathers are warp-local, which Triton lowers to shuffles; reshape/split
-        # halvings instead got layouts replicated in every thread (255 registers,
-        # 3.7x the copy floor at D=5120).
-        mean = tl.reshape(mean, (4, 32))
-        m2 = tl.reshape(m2, (4, 32))
-        n = tl.reshape(n, (4, 32))
-        lane = tl.reshape(lanes, (4, 32)) % 32
-        for shift in tl.static_range(5):
-            src = (lane + (16 >> shift)) % 32
-            mean, m2, n = _merge_from(mean, m2, n, src, 1, MEAN_FMA, M2_FMA)
-        mean = tl.reshape(mean, (128,))
-        m2 = tl.reshape(m2, (128,))
-        n = tl.reshape(n, (128,))
-        mean, m2, n = _merge_from(mean, m2, n, (lanes + 64) % 128, 0, MEAN_FMA, M2_FMA)
-        mean, m2, n = _merge_from(mean, m2, n, (lanes + 32) % 128, 0, MEAN_FMA, M2_FMA)
-        # broadcast lane 0
-        first = lanes * 0
-        return tl.gather(mean, first, 0), tl.gather(m2, first, 0)
-
-    @triton.jit
-    def _welford_tile(
-        X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
-        stride_x, stride_res, g_sb, g_sf, g_sd, g_frame,
-        N: tl.constexpr,
-        HAS_RESIDUAL: tl.constexpr,
-        HAS_GATE: tl.constexpr,
-        G1_RND: tl.constexpr,
-        R_RND: tl.constexpr,
-        ONLINE_FMA: tl.constexpr,
-        CONST_K: tl.constexpr,
-    ):  # fmt: skip
-        # iteration k of ATen's per-thread loop: lane t takes vector k * 128 + t
-        vidx = k * 128 + lanes
-        active = vidx < N // 4
-        cols = vidx[:, None] * 4 + vec[None, :]
-        v = _norm_input_tile(
-            X, RES, GATE, row, bi, li, cols, active[:, None], stride_x,
-            stride_res, g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE,
-            G1_RND, R_RND,
-        )  # fmt: skip
-        v02, v13 = tl.split(tl.reshape(v, (128, 2, 2)))
-        v0, v2 = tl.split(v02)
-        v1, v3 = tl.split(v13)
-        if CONST_K:
-            # unrolled: 1/count folds to a constant, rounded once to fp32
-            r0 = 1.0 / (4 * k + 1)
-            r1 = 1.0 / (4 * k + 2)
-            r2 = 1.0 / (4 * k + 3)
-            r3 = 1.0 / (4 * k + 4)
-        else:
-            r0 = tl.load(RCP + 4 * k)
-            r1 = tl.load(RCP + 4 * k + 1)
-            r2 = tl.load(RCP + 4 * k + 2)
-            r3 = tl.load(RCP + 4 * k + 3)
-        mean, m2 = welford_online_update(v0, mean, m2, active, r0, ONLINE_FMA)
-        mean, m2 = welford_online_update(v1, mean, m2, active, r1, ONLINE_FMA)
-        mean, m2 = welford_online_update(v2, mean, m2, active, r2, ONLINE_FMA)
-        mean, m2 = welford_online_update(v3, mean, m2, active, r3, ONLINE_FMA)
-        n = tl.where(active, (k + 1) * 4.0, n)
-        return mean, m2, n
-
-    @triton.jit
-    def _fp32_norm_kernel(
-        X,
-        RES,
-        GATE,
-        W,
-        B,
-        SCALE,
-        SHIFT,
-        Y,
-        RES_OUT,
-        MEAN,
-        RSTD,
-        RCP,
-        stride_x,
-        stride_res,
-        stride_y,
-        stride_res_out,
-        L,
-        g_sb,
-        g_sf,
-        g_sd,
-        g_frame,
-        sc_sb,
-        sc_sf,
-        sc_sd,
-        sc_frame,
-        sh_sb,
-        sh_sf,
-        sh_sd,
-        sh_frame,
-        eps,
-        N: tl.constexpr,
-        ITERS: tl.constexpr,
-        HAS_RESIDUAL: tl.constexpr,
-        HAS_GATE: tl.constexpr,
-        HAS_W: tl.constexpr,
-        HAS_B: tl.constexpr,
-        HAS_MOD: tl.constexpr,
-        STORE_STATS: tl.constexpr,
-        G1_RND: tl.constexpr,
-        R_RND: tl.constexpr,
-        S_RND: tl.constexpr,
-        M1_RND: tl.constexpr,
-        M_RND: tl.constexpr,
-        ONLINE_FMA: tl.constexpr,
-        MERGE_MEAN_FMA: tl.constexpr,
-        MERGE_M2_FMA: tl.constexpr,
-        OUT_FMA: tl.constexpr,
-        DYN_LOOP: tl.constexpr,
-    ):
-        """One row per program: [residual + gate * x ->] fp32 LayerNorm [-> modulate].
-
-        The statistics replay ATen's vectorized CUDA LayerNorm exactly: 128 lanes,
-        lane t owns 4-element vectors t, t + 128, ... and runs a sequential Welford
-        over them; lanes then merge in the order of its warp shuffles (offsets 16..1)
-        and its shared-memory step over the 4 warps. Same operations, same order,
-        same FMA contractions, so the same bits.
-        """
-        row = tl.program_id(0).to(tl.int64)
-        bi = row // L
-        li = row % L
-        lanes = tl.arange(0, 128)
-        vec = tl.arange(0, 4)
-
-        mean = tl.zeros([128], dtype=tl.float32)
-        m2 = tl.zeros([128], dtype=tl.float32)
-        n = tl.zeros([128], dtype=tl.float32)
-        if DYN_LOOP:
-            for k in range(ITERS):
-                mean, m2, n = _welford_tile(
-                    X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
-                    stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
-                    HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, False,
-                )  # fmt: skip
-        else:
-            for k in tl.static_range(ITERS):
-                mean, m2, n = _welford_tile(
-                    X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
-                    stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
-                    HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, True,
-                )  # fmt: skip
-
-        mean, m2 = _merge_lanes(mean, m2, n, lanes, MERGE_MEAN_FMA, MERGE_M2_FMA)
-        var = tl.math.div_rn(m2, tl.full(m2.shape, N, tl.float32))
-        rstd = tl.math.rsqrt(var + eps)
-        if STORE_STATS:
-            tl.store(MEAN + row + lanes, mean, mask=lanes == 0)
-            tl.store(RSTD + row + lanes, rstd, mask=lanes == 0)
-        mean = mean[:, None]
-        rstd = rstd[:, None]
-
-        for k in tl.range(ITERS, loop_unroll_factor=1 if DYN_LOOP else ITERS):
-            vidx = k * 128 + lanes
-            cols = vidx[:, None] * 4 + vec[None, :]
-            mask = (vidx < N // 4)[:, None]
-            v = _norm_input_tile(
-                X, RES, GATE, row, bi, li, cols, mask, stride_x, stride_res,
-                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
-            )  # fmt: skip
-            centered = v - mean
-            if HAS_W:
-                w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-                out = w * (rstd * centered)
-                if HAS_B:
-                    bias = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-                    if OUT_FMA:
-                        out = tl.fma(w, rstd * centered, bias)
-                    else:
-                        out = out + bias
-            elif HAS_B:
-                # measured: ATen's build does not contract this one
-                bias = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-                out = rstd * centered + bias
-            else:
-                out = rstd * centered
-            # FP32LayerNorm hands the modulation its output in the norm's input dtype
-            out = round_fp32_to(out, R_RND)
-            if HAS_MOD:
-                sc = _load_modulation(
-                    SCALE, bi, li, cols, mask, sc_sb, sc_sf, sc_sd, sc_frame
-                )
-                sh = _load_modulation(
-                    SHIFT, bi, li, cols, mask, sh_sb, sh_sf, sh_sd, sh_frame
-                )
-                out = round_fp32_to(out * round_fp32_to(sc + 1.0, S_RND), M1_RND)
-                out = round_fp32_to(out + sh, M_RND)
-            tl.store(Y + row * stride_y + cols, out.to(Y.dtype.element_ty), mask=mask)
-            if HAS_RESIDUAL:
-                tl.store(
-                    RES_OUT + row * stride_res_out + cols,
-                    v.to(RES_OUT.dtype.element_ty),
-                    mask=mask,
-                )
 
 
 # How nvcc contracted ATen's LayerNorm expressions into FMAs (cuWelfordOnlineSum,
@@ -342,6 +78,13 @@ _ATEN_REPLAY = {
 # static unrolls (all of a row's loads in flight at once); the unrolled kernel
 # was 1.07-1.12x the copy floor against 1.16-1.19x at D=5120 (H200, run 2).
 _KERNEL_TUNING = {"DYN_LOOP": False}
+# _fp32_norm_rows_kernel (one warp, ROWS rows per program) where rows are at
+# most MAX_D wide and at least MIN_ROWS many; the 4-warp kernel elsewhere. H200,
+# torch 2.11, graph replay, bf16, session 4: at 32760x1536 FP32LayerNorm 53.9
+# against 61.9 us (1.13x against 1.30x the copy floor), LayerNormScaleShift 63.6
+# against 83.6 us; at 32760x1280 46.7 against 70.3 us. It lost at 4096 tokens
+# (fused 14-18% slower), at D >= 3072, and with ROWS 2 or 4.
+_ROWS_TUNING = {"ROWS": 1, "WARPS": 1, "MAX_D": 1536, "MIN_ROWS": 16384}
 
 # rows of at most this many elements fit the kernel's unrolled per-lane loop
 _KERNEL_MAX_D = 8192
@@ -364,6 +107,57 @@ def _reciprocals(device: torch.device) -> torch.Tensor:
         count = torch.arange(1, _KERNEL_MAX_D + 1, device=device, dtype=torch.float32)
         table = _RECIPROCALS.setdefault(device, 1.0 / count)
     return table
+
+
+_COEFFICIENTS: dict = {}
+
+
+def _merge_coefficients(dim: int, device: torch.device) -> torch.Tensor:
+    """The count arithmetic of ``_merge_lanes``'s seven merges for rows of ``dim``.
+
+    ``[14, 3, 128]`` fp32; the first seven: for merge stage s (shuffle offsets 16, 8, 4, 2, 1, then
+    lanes + 64 and + 32 as ATen's warps 0+2 / 1+3 and 0+1) and receiving lane t,
+    ``(a_n, n_a, n_b)`` with ``a_n`` the incoming count, ``coef = 1 / (a_n +
+    b_n)`` and ``n_x = x_n * coef``, each rounded to fp32 as ATen's
+    ``cuWelfordCombine`` rounds it (IEEE fp32 division and products, here on the
+    CPU). Exact for every lane, wrapped partners included, because the counts
+    depend only on ``dim`` and the lane: lane t owns ``ceil((dim / 4 - t) / 128)``
+    vectors of 4. Empty merges get zeros, which ``welford_combine_coef`` turns
+    into ATen's zero result. The last seven hold the same values with the
+    lanes of each stage in the order ``4 * l + w`` for ATen's lane ``32 * w +
+    l``. Cached per (dim, device); never written after.
+    """
+    key = (dim, device)
+    table = _COEFFICIENTS.get(key)
+    if table is not None:
+        return table
+    lanes = torch.arange(128)
+    vectors = ((dim // 4 - lanes + 127) // 128).clamp(min=0)
+    counts = (4 * vectors).to(torch.float32)
+    stages = []
+    in_warp = [lanes - lanes % 32 + (lanes % 32 + off) % 32 for off in (16, 8, 4, 2, 1)]
+    for src in in_warp + [(lanes + 64) % 128, (lanes + 32) % 128]:
+        a_n, b_n = counts[src], counts
+        total = a_n + b_n
+        coef = torch.ones(128, dtype=torch.float32) / total
+        nonempty = total > 0
+        zero = torch.zeros_like(total)
+        stages.append(
+            torch.stack(
+                [
+                    torch.where(nonempty, a_n, zero),
+                    torch.where(nonempty, a_n * coef, zero),
+                    torch.where(nonempty, b_n * coef, zero),
+                ],
+            )
+        )
+        counts = total
+    table = torch.stack(stages)
+    # a second copy with each stage's lanes reordered 32w + l -> 4l + w, for
+    # _fp32_norm_rows_kernel's threads that hold lanes l, 32 + l, 64 + l, 96 + l
+    by_lane = table.view(7, 3, 4, 32).transpose(2, 3).reshape(7, 3, 128)
+    table = torch.cat([table, by_lane]).contiguous().to(device)
+    return _COEFFICIENTS.setdefault(key, table)
 
 
 def _kernel_shape_ok(d: int) -> bool:
@@ -421,8 +215,8 @@ class _Modulation:
         self.frame = max(seq_len // frames, 1)
 
 
-# _fp32_norm_kernel's arguments: 12 pointers, then ints, then eps
-_N_POINTER_ARGS = 12
+# _fp32_norm_kernel's arguments: 13 pointers, then ints, then eps
+_N_POINTER_ARGS = 13
 # only the FMAs written out in the kernel may fuse, as in ATen's build
 _KERNEL_OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}
 _LAUNCHER = (
@@ -430,6 +224,16 @@ _LAUNCHER = (
     if triton is None
     else DirectLauncher(_fp32_norm_kernel, _N_POINTER_ARGS, _KERNEL_OPTIONS)
 )
+_ROWS_LAUNCHERS: dict = {}
+
+
+def _rows_launcher(warps: int) -> "DirectLauncher":
+    launcher = _ROWS_LAUNCHERS.get(warps)
+    if launcher is None:
+        options = {**_KERNEL_OPTIONS, "num_warps": warps}
+        launcher = DirectLauncher(_fp32_norm_rows_kernel, _N_POINTER_ARGS, options)
+        _ROWS_LAUNCHERS[warps] = launcher
+    return launcher
 
 
 class _Plan:
@@ -446,7 +250,8 @@ class _Plan:
 
     __slots__ = (
         "rows", "shape", "ints", "constexprs", "tail", "kernel", "device",
-        "has_res", "has_gate", "has_mod", "store_stats", "rcp",
+        "has_res", "has_gate", "has_mod", "store_stats", "rcp", "coef",
+        "launcher", "grid",
     )  # fmt: skip
 
     def __init__(self, x, weight, bias, eps, residual=None, gate=None, scale=None,
@@ -464,6 +269,7 @@ class _Plan:
         self.has_mod = scale is not None
         self.store_stats = store_stats
         self.rcp = _reciprocals(x.device)
+        self.coef = _merge_coefficients(dim, x.device)
         self.kernel = None
         code = _ROUNDING_CODE.__getitem__
         r_dtype = g1_dtype = x.dtype
@@ -490,6 +296,20 @@ class _Plan:
         for key in ("g", "sc", "sh"):
             m = mods.get(key)
             ints += (0, 0, 0, 1) if m is None else (*m.strides, m.frame)
+        if tuning is None:
+            narrow = dim <= _ROWS_TUNING["MAX_D"]
+            many = self.rows >= _ROWS_TUNING["MIN_ROWS"]
+            tuning = _ROWS_TUNING if narrow and many else _KERNEL_TUNING
+        if "ROWS" in tuning:
+            per_program = tuning["ROWS"]
+            self.launcher = _rows_launcher(tuning.get("WARPS", per_program))
+            self.grid = ((self.rows + per_program - 1) // per_program, 1, 1)
+            ints.append(self.rows)
+            tuning = {"ROWS": per_program}
+        else:
+            self.launcher = _LAUNCHER
+            self.grid = (self.rows, 1, 1)
+            tuning = {"DYN_LOOP": tuning.get("DYN_LOOP", False)}
         self.ints = tuple(ints)
         self.constexprs = dict(
             N=dim,
@@ -506,9 +326,9 @@ class _Plan:
             M1_RND=code(m1_dtype),
             M_RND=code(m_dtype),
             **(_ATEN_REPLAY if replay is None else replay),
-            **(_KERNEL_TUNING if tuning is None else tuning),
+            **tuning,
         )
-        self.tail = _LAUNCHER.tail(
+        self.tail = self.launcher.tail(
             self.constexprs, _N_POINTER_ARGS + len(self.ints) + 1
         )
 
@@ -535,14 +355,15 @@ class _Plan:
                 y if stats is None else stats,
                 y if rstd is None else rstd,
                 self.rcp,
+                self.coef,
                 *self.ints,
                 eps,
             )
             kernel = self.kernel
-            if kernel is not None and _LAUNCHER.fast():
-                run_compiled(kernel, (self.rows, 1, 1), self.device, args, self.tail)
+            if kernel is not None and self.launcher.fast():
+                run_compiled(kernel, self.grid, self.device, args, self.tail)
             else:
-                self.kernel = _LAUNCHER.launch((self.rows,), args, self.constexprs)
+                self.kernel = self.launcher.launch(self.grid, args, self.constexprs)
         result = y if res_out is None else (y, res_out)
         return (result, (stats, rstd)) if self.store_stats else result
 

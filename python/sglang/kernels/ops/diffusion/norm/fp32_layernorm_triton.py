@@ -1,0 +1,470 @@
+# SPDX-License-Identifier: Apache-2.0
+# The Welford replay follows ATen's vectorized_layer_norm_kernel (PyTorch,
+# aten/src/ATen/native/cuda/layer_norm_kernel.cu); the code is this project's.
+"""The Triton kernels behind ``fp32_layernorm_bitexact`` (its docstring holds
+the numerics contract they implement).
+
+* ``_fp32_norm_kernel``: four warps per row, ATen's 128 lanes one per thread;
+* ``_fp32_norm_rows_kernel``: one warp over ROWS rows, each thread playing four
+  of ATen's lanes, so ATen's step between warps is done in registers.
+
+Both compute the same operations in the same order, so the same bits; which
+one a launch takes is a speed choice (``_ROWS_TUNING`` in the ops module).
+Without Triton, ``triton`` is ``None`` and nothing here is defined.
+"""
+
+try:
+    import triton
+    import triton.language as tl
+
+    from sglang.kernels.numerics import (
+        round_fp32_to,
+        welford_combine,
+        welford_combine_coef,
+        welford_online_update,
+    )
+except ImportError:  # CPU-only installs and platforms without Triton
+    triton = None
+    tl = None
+
+if triton is not None:
+
+    @triton.jit
+    def _tile(k, lanes, vec, N: tl.constexpr, CONST_K: tl.constexpr):
+        # iteration k of ATen's per-thread loop: lane t takes vector k * 128 + t;
+        # returns its columns and the lanes that own a vector; where k is a
+        # compile-time constant and the tile is full, that is a constant true,
+        # which the compiler folds away (no predicates, no selects)
+        vidx = k * 128 + lanes
+        cols = vidx[:, None] * 4 + vec[None, :]
+        if CONST_K and (k + 1) * 128 <= N // 4:
+            active = tl.full([128], 1, tl.int1)
+        else:
+            active = vidx < N // 4
+        return cols, active
+
+    @triton.jit
+    def _load_modulation(ptr, bi, li, cols, mask, stride_b, stride_f, stride_d, frame):
+        # a [B, F, D] view broadcast over the L rows of a batch, F = L // frame
+        offs = bi * stride_b + (li // frame) * stride_f + cols * stride_d
+        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _norm_input_tile(
+        X,
+        RES,
+        GATE,
+        row,
+        bi,
+        li,
+        cols,
+        mask,
+        stride_x,
+        stride_res,
+        g_sb,
+        g_sf,
+        g_sd,
+        g_frame,
+        HAS_RESIDUAL: tl.constexpr,
+        HAS_GATE: tl.constexpr,
+        G1_RND: tl.constexpr,
+        R_RND: tl.constexpr,
+    ):
+        # the values the norm sees: x, or residual + x * gate rounded as eager would
+        v = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RESIDUAL:
+            if HAS_GATE:
+                g = _load_modulation(
+                    GATE, bi, li, cols, mask, g_sb, g_sf, g_sd, g_frame
+                )
+                v = round_fp32_to(v * g, G1_RND)
+            res = tl.load(RES + row * stride_res + cols, mask=mask, other=0.0)
+            v = round_fp32_to(res.to(tl.float32) + v, R_RND)
+        return v
+
+    @triton.jit
+    def _merge_from(
+        mean,
+        m2,
+        n,
+        src,
+        AXIS: tl.constexpr,
+        MEAN_FMA: tl.constexpr,
+        M2_FMA: tl.constexpr,
+    ):
+        # every lane receives lane src[lane] (a shfl_down / shared-memory read)
+        return welford_combine(
+            mean, m2, n,
+            tl.gather(mean, src, AXIS), tl.gather(m2, src, AXIS), tl.gather(n, src, AXIS),
+            MEAN_FMA, M2_FMA,
+        )  # fmt: skip
+
+    @triton.jit
+    def _merge_lanes(mean, m2, n, lanes, MEAN_FMA: tl.constexpr, M2_FMA: tl.constexpr):
+        # ATen's order: shfl_down 16..1 inside each warp, then warps 0+2, 1+3 and
+        # 0+1. Lanes other than 0 also merge (wrapped partners) but lane 0 never
+        # reads them, and only lane 0's result is used. As [4, 32] the in-warp
+        # gathers are warp-local, which Triton lowers to shuffles; reshape/split
+        # halvings instead got layouts replicated in every thread (255 registers,
+        # 3.7x the copy floor at D=5120).
+        mean = tl.reshape(mean, (4, 32))
+        m2 = tl.reshape(m2, (4, 32))
+        n = tl.reshape(n, (4, 32))
+        lane = tl.reshape(lanes, (4, 32)) % 32
+        for shift in tl.static_range(5):
+            src = (lane + (16 >> shift)) % 32
+            mean, m2, n = _merge_from(mean, m2, n, src, 1, MEAN_FMA, M2_FMA)
+        mean = tl.reshape(mean, (128,))
+        m2 = tl.reshape(m2, (128,))
+        n = tl.reshape(n, (128,))
+        mean, m2, n = _merge_from(mean, m2, n, (lanes + 64) % 128, 0, MEAN_FMA, M2_FMA)
+        mean, m2, n = _merge_from(mean, m2, n, (lanes + 32) % 128, 0, MEAN_FMA, M2_FMA)
+        # broadcast lane 0
+        first = lanes * 0
+        return tl.gather(mean, first, 0), tl.gather(m2, first, 0)
+
+    @triton.jit
+    def _welford_tile(
+        X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
+        stride_x, stride_res, g_sb, g_sf, g_sd, g_frame,
+        N: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr,
+        HAS_GATE: tl.constexpr,
+        G1_RND: tl.constexpr,
+        R_RND: tl.constexpr,
+        ONLINE_FMA: tl.constexpr,
+        CONST_K: tl.constexpr,
+    ):  # fmt: skip
+        # iteration k of ATen's per-thread loop: lane t takes vector k * 128 + t
+        vidx = k * 128 + lanes
+        active = vidx < N // 4
+        cols = vidx[:, None] * 4 + vec[None, :]
+        v = _norm_input_tile(
+            X, RES, GATE, row, bi, li, cols, active[:, None], stride_x,
+            stride_res, g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE,
+            G1_RND, R_RND,
+        )  # fmt: skip
+        v02, v13 = tl.split(tl.reshape(v, (128, 2, 2)))
+        v0, v2 = tl.split(v02)
+        v1, v3 = tl.split(v13)
+        if CONST_K:
+            # unrolled: 1/count folds to a constant, rounded once to fp32
+            r0 = 1.0 / (4 * k + 1)
+            r1 = 1.0 / (4 * k + 2)
+            r2 = 1.0 / (4 * k + 3)
+            r3 = 1.0 / (4 * k + 4)
+        else:
+            r0 = tl.load(RCP + 4 * k)
+            r1 = tl.load(RCP + 4 * k + 1)
+            r2 = tl.load(RCP + 4 * k + 2)
+            r3 = tl.load(RCP + 4 * k + 3)
+        mean, m2 = welford_online_update(v0, mean, m2, active, r0, ONLINE_FMA)
+        mean, m2 = welford_online_update(v1, mean, m2, active, r1, ONLINE_FMA)
+        mean, m2 = welford_online_update(v2, mean, m2, active, r2, ONLINE_FMA)
+        mean, m2 = welford_online_update(v3, mean, m2, active, r3, ONLINE_FMA)
+        n = tl.where(active, (k + 1) * 4.0, n)
+        return mean, m2, n
+
+    @triton.jit
+    def _merge_scalar(
+        COEF, stage, lane, b, a, MEAN_FMA: tl.constexpr, M2_FMA: tl.constexpr
+    ):
+        # a cross-warp merge; its counts are those of the receiving lane
+        base = COEF + stage * 384 + lane
+        return welford_combine_coef(
+            b[0], b[1], a[0], a[1], tl.load(base), tl.load(base + 128),
+            tl.load(base + 256), MEAN_FMA, M2_FMA,
+        )  # fmt: skip
+
+    @triton.jit
+    def _output_tile(
+        X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, cols, mask, row, bi, li,
+        mean, rstd, stride_x, stride_res, stride_y, stride_res_out, g_sb, g_sf,
+        g_sd, g_frame, sc_sb, sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd,
+        sh_frame,
+        HAS_RESIDUAL: tl.constexpr,
+        HAS_GATE: tl.constexpr,
+        HAS_W: tl.constexpr,
+        HAS_B: tl.constexpr,
+        HAS_MOD: tl.constexpr,
+        G1_RND: tl.constexpr,
+        R_RND: tl.constexpr,
+        S_RND: tl.constexpr,
+        M1_RND: tl.constexpr,
+        M_RND: tl.constexpr,
+        OUT_FMA: tl.constexpr,
+    ):  # fmt: skip
+        # one tile of the second pass: normalize, [modulate,] store
+        v = _norm_input_tile(
+            X, RES, GATE, row, bi, li, cols, mask, stride_x, stride_res,
+            g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
+        )  # fmt: skip
+        centered = v - mean
+        if HAS_W:
+            w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+            out = w * (rstd * centered)
+            if HAS_B:
+                bias = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+                if OUT_FMA:
+                    out = tl.fma(w, rstd * centered, bias)
+                else:
+                    out = out + bias
+        elif HAS_B:
+            # measured: ATen's build does not contract this one
+            bias = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+            out = rstd * centered + bias
+        else:
+            out = rstd * centered
+        # FP32LayerNorm hands the modulation its output in the norm's input dtype
+        out = round_fp32_to(out, R_RND)
+        if HAS_MOD:
+            sc = _load_modulation(
+                SCALE, bi, li, cols, mask, sc_sb, sc_sf, sc_sd, sc_frame
+            )
+            sh = _load_modulation(
+                SHIFT, bi, li, cols, mask, sh_sb, sh_sf, sh_sd, sh_frame
+            )
+            out = round_fp32_to(out * round_fp32_to(sc + 1.0, S_RND), M1_RND)
+            out = round_fp32_to(out + sh, M_RND)
+        tl.store(Y + row * stride_y + cols, out.to(Y.dtype.element_ty), mask=mask)
+        if HAS_RESIDUAL:
+            tl.store(
+                RES_OUT + row * stride_res_out + cols,
+                v.to(RES_OUT.dtype.element_ty),
+                mask=mask,
+            )
+
+    @triton.jit
+    def _fp32_norm_kernel(
+        X,
+        RES,
+        GATE,
+        W,
+        B,
+        SCALE,
+        SHIFT,
+        Y,
+        RES_OUT,
+        MEAN,
+        RSTD,
+        RCP,
+        COEF,
+        stride_x,
+        stride_res,
+        stride_y,
+        stride_res_out,
+        L,
+        g_sb,
+        g_sf,
+        g_sd,
+        g_frame,
+        sc_sb,
+        sc_sf,
+        sc_sd,
+        sc_frame,
+        sh_sb,
+        sh_sf,
+        sh_sd,
+        sh_frame,
+        eps,
+        N: tl.constexpr,
+        ITERS: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr,
+        HAS_GATE: tl.constexpr,
+        HAS_W: tl.constexpr,
+        HAS_B: tl.constexpr,
+        HAS_MOD: tl.constexpr,
+        STORE_STATS: tl.constexpr,
+        G1_RND: tl.constexpr,
+        R_RND: tl.constexpr,
+        S_RND: tl.constexpr,
+        M1_RND: tl.constexpr,
+        M_RND: tl.constexpr,
+        ONLINE_FMA: tl.constexpr,
+        MERGE_MEAN_FMA: tl.constexpr,
+        MERGE_M2_FMA: tl.constexpr,
+        OUT_FMA: tl.constexpr,
+        DYN_LOOP: tl.constexpr,
+    ):
+        """One row per program: [residual + gate * x ->] fp32 LayerNorm [-> modulate].
+
+        The statistics replay ATen's vectorized CUDA LayerNorm exactly: 128 lanes,
+        lane t owns 4-element vectors t, t + 128, ... and runs a sequential Welford
+        over them; lanes then merge in the order of its warp shuffles (offsets 16..1)
+        and its shared-memory step over the 4 warps. Same operations, same order,
+        same FMA contractions, so the same bits.
+        """
+        row = tl.program_id(0).to(tl.int64)
+        bi = row // L
+        li = row % L
+        lanes = tl.arange(0, 128)
+        vec = tl.arange(0, 4)
+
+        mean = tl.zeros([128], dtype=tl.float32)
+        m2 = tl.zeros([128], dtype=tl.float32)
+        n = tl.zeros([128], dtype=tl.float32)
+        if DYN_LOOP:
+            for k in range(ITERS):
+                mean, m2, n = _welford_tile(
+                    X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
+                    stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
+                    HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, False,
+                )  # fmt: skip
+        else:
+            for k in tl.static_range(ITERS):
+                mean, m2, n = _welford_tile(
+                    X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
+                    stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
+                    HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, True,
+                )  # fmt: skip
+
+        mean, m2 = _merge_lanes(mean, m2, n, lanes, MERGE_MEAN_FMA, MERGE_M2_FMA)
+        var = tl.math.div_rn(m2, tl.full(m2.shape, N, tl.float32))
+        rstd = tl.math.rsqrt(var + eps)
+        if STORE_STATS:
+            tl.store(MEAN + row + lanes, mean, mask=lanes == 0)
+            tl.store(RSTD + row + lanes, rstd, mask=lanes == 0)
+        mean = mean[:, None]
+        rstd = rstd[:, None]
+
+        for k in tl.range(ITERS, loop_unroll_factor=1 if DYN_LOOP else ITERS):
+            vidx = k * 128 + lanes
+            cols = vidx[:, None] * 4 + vec[None, :]
+            _output_tile(
+                X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, cols,
+                (vidx < N // 4)[:, None], row, bi, li, mean, rstd, stride_x,
+                stride_res, stride_y, stride_res_out, g_sb, g_sf, g_sd,
+                g_frame, sc_sb, sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd,
+                sh_frame, HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD,
+                G1_RND, R_RND, S_RND, M1_RND, M_RND, OUT_FMA,
+            )  # fmt: skip
+
+    @triton.jit
+    def _merge_warp_lanes(
+        mean, m2, COEF, ROWS: tl.constexpr, MEAN_FMA: tl.constexpr,
+        M2_FMA: tl.constexpr,
+    ):  # fmt: skip
+        # _merge_lanes for [ROWS, 128] states held by one warp (its lane l holds
+        # ATen's lanes l, 32 + l, 64 + l and 96 + l): the same merges in the
+        # same order, with ATen's shared-memory step between warps done in
+        # registers. Returns each row's (mean, m2) as [ROWS, 128].
+        mean = tl.reshape(mean, (ROWS, 4, 32))
+        m2 = tl.reshape(m2, (ROWS, 4, 32))
+        lane = tl.arange(0, 32)[None, None, :]
+        # the table's second copy is lane-major, ATen's lane 32w + l at 4l + w,
+        # so a thread's four entries are one 16-byte load in the state's layout
+        aten_lanes = lane * 4 + tl.arange(0, 4)[None, :, None]
+        for stage in tl.static_range(5):
+            src = tl.broadcast_to((lane + (16 >> stage)) % 32, (ROWS, 4, 32))
+            base = COEF + 7 * 384 + stage * 384 + aten_lanes
+            mean, m2 = welford_combine_coef(
+                mean, m2, tl.gather(mean, src, 2), tl.gather(m2, src, 2),
+                tl.load(base), tl.load(base + 128), tl.load(base + 256),
+                MEAN_FMA, M2_FMA,
+            )  # fmt: skip
+        # [ROWS, 32, 2, 2]: ATen's warp w = 2a + b on the last two axes
+        mean_02, mean_13 = tl.split(
+            tl.reshape(tl.permute(mean, (0, 2, 1)), (ROWS, 32, 2, 2))
+        )
+        m2_02, m2_13 = tl.split(tl.reshape(tl.permute(m2, (0, 2, 1)), (ROWS, 32, 2, 2)))
+        mean0, mean2 = tl.split(mean_02)
+        mean1, mean3 = tl.split(mean_13)
+        m2_0, m2_2 = tl.split(m2_02)
+        m2_1, m2_3 = tl.split(m2_13)
+        b = _merge_scalar(COEF, 5, 0, (mean0, m2_0), (mean2, m2_2), MEAN_FMA, M2_FMA)
+        a = _merge_scalar(COEF, 5, 32, (mean1, m2_1), (mean3, m2_3), MEAN_FMA, M2_FMA)
+        mean, m2 = _merge_scalar(COEF, 6, 0, b, a, MEAN_FMA, M2_FMA)
+        # lane 0's result to every lane, then to all four of its ATen lanes
+        first = tl.zeros((ROWS, 32), tl.int32)
+        mean = tl.broadcast_to(tl.gather(mean, first, 1)[:, None, :], (ROWS, 4, 32))
+        m2 = tl.broadcast_to(tl.gather(m2, first, 1)[:, None, :], (ROWS, 4, 32))
+        return tl.reshape(mean, (ROWS, 128)), tl.reshape(m2, (ROWS, 128))
+
+    @triton.jit
+    def _fp32_norm_rows_kernel(
+        X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, MEAN, RSTD, RCP, COEF,
+        stride_x, stride_res, stride_y, stride_res_out, L,
+        g_sb, g_sf, g_sd, g_frame, sc_sb, sc_sf, sc_sd, sc_frame,
+        sh_sb, sh_sf, sh_sd, sh_frame, M, eps,
+        N: tl.constexpr,
+        ITERS: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr,
+        HAS_GATE: tl.constexpr,
+        HAS_W: tl.constexpr,
+        HAS_B: tl.constexpr,
+        HAS_MOD: tl.constexpr,
+        STORE_STATS: tl.constexpr,
+        G1_RND: tl.constexpr,
+        R_RND: tl.constexpr,
+        S_RND: tl.constexpr,
+        M1_RND: tl.constexpr,
+        M_RND: tl.constexpr,
+        ONLINE_FMA: tl.constexpr,
+        MERGE_MEAN_FMA: tl.constexpr,
+        MERGE_M2_FMA: tl.constexpr,
+        OUT_FMA: tl.constexpr,
+        ROWS: tl.constexpr,
+    ):  # fmt: skip
+        """``_fp32_norm_kernel`` as one warp (``num_warps=1``) over ROWS rows.
+
+        Same arithmetic in the same order, so the same bits: each of the warp's
+        lanes plays four of ATen's 128 lanes (registers), so ATen's step
+        between warps needs no shared memory or barrier, and each thread runs
+        4 x ROWS independent Welford chains.
+        """
+        row1 = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        row_ok = (row1 < M)[:, None, None]
+        row = row1[:, None, None]
+        bi = row // L
+        li = row % L
+        lanes = tl.arange(0, 128)
+        vec = tl.arange(0, 4)
+
+        mean = tl.zeros([ROWS, 128], dtype=tl.float32)
+        m2 = tl.zeros([ROWS, 128], dtype=tl.float32)
+        for k in tl.static_range(ITERS):
+            cols, active = _tile(k, lanes, vec, N, True)
+            v = _norm_input_tile(
+                X, RES, GATE, row, bi, li, cols[None, :, :],
+                active[None, :, None] & row_ok, stride_x, stride_res, g_sb,
+                g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
+            )  # fmt: skip
+            v02, v13 = tl.split(tl.reshape(v, (ROWS, 128, 2, 2)))
+            v0, v2 = tl.split(v02)
+            v1, v3 = tl.split(v13)
+            act = active[None, :]
+            mean, m2 = welford_online_update(
+                v0, mean, m2, act, 1.0 / (4 * k + 1), ONLINE_FMA
+            )
+            mean, m2 = welford_online_update(
+                v1, mean, m2, act, 1.0 / (4 * k + 2), ONLINE_FMA
+            )
+            mean, m2 = welford_online_update(
+                v2, mean, m2, act, 1.0 / (4 * k + 3), ONLINE_FMA
+            )
+            mean, m2 = welford_online_update(
+                v3, mean, m2, act, 1.0 / (4 * k + 4), ONLINE_FMA
+            )
+
+        mean, m2 = _merge_warp_lanes(mean, m2, COEF, ROWS, MERGE_MEAN_FMA, MERGE_M2_FMA)
+        var = tl.math.div_rn(m2, tl.full(m2.shape, N, tl.float32))
+        rstd = tl.math.rsqrt(var + eps)
+        if STORE_STATS:
+            first = (lanes[None, :] == 0) & (row1 < M)[:, None]
+            tl.store(MEAN + row1[:, None] + lanes[None, :], mean, mask=first)
+            tl.store(RSTD + row1[:, None] + lanes[None, :], rstd, mask=first)
+        mean = mean[:, :, None]
+        rstd = rstd[:, :, None]
+        for k in tl.static_range(ITERS):
+            cols, active = _tile(k, lanes, vec, N, True)
+            _output_tile(
+                X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, cols[None, :, :],
+                active[None, :, None] & row_ok, row, bi, li, mean, rstd,
+                stride_x, stride_res, stride_y, stride_res_out, g_sb, g_sf,
+                g_sd, g_frame, sc_sb, sc_sf, sc_sd, sc_frame, sh_sb, sh_sf,
+                sh_sd, sh_frame, HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD,
+                G1_RND, R_RND, S_RND, M1_RND, M_RND, OUT_FMA,
+            )  # fmt: skip
+
+else:
+    _fp32_norm_kernel = _fp32_norm_rows_kernel = None
