@@ -23,8 +23,10 @@ from _harness import (
     HARNESS,
     SUBTREE_IMPL,
     TREE_LAYERNORM,
+    UPDATER_SKIP_REASON,
     UPSTREAM_IMPL,
     run_python,
+    updater_deps_missing,
 )
 
 PROBE = HARNESS / "_probe_lifecycle.py"
@@ -212,6 +214,8 @@ UPDATER_CASES = {
 
 @pytest.mark.parametrize("case", sorted(UPDATER_CASES))
 def test_updater_mismatch_warns_once_and_hooks_only_the_norms(case):
+    if case == "updater_signature" and updater_deps_missing():
+        pytest.skip(UPDATER_SKIP_REASON)  # the probe imports the real updater
     result = _probe(case, env=_env(SGLANG_PLUGINS=None))[case]
     assert len(result["warnings"]) == 1, result["warnings"]
     assert UPDATER_CASES[case] in result["warnings"][0]

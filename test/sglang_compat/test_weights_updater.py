@@ -12,7 +12,10 @@ import sys
 
 import _updater_case as case
 import pytest
-from _harness import REPO
+from _harness import REPO, UPDATER_SKIP_REASON, updater_deps_missing
+
+if updater_deps_missing():
+    pytest.skip(UPDATER_SKIP_REASON, allow_module_level=True)
 
 from sgl_mmgen_fp32ln import _updater
 from sgl_mmgen_fp32ln._loader import load_layernorm

@@ -6,6 +6,11 @@ loaded with the new weights, on upstream's FP32LayerNorm with the graft."""
 import importlib
 
 import _updater_case as case
+import pytest
+from _harness import UPDATER_SKIP_REASON, updater_deps_missing
+
+if updater_deps_missing():
+    pytest.skip(UPDATER_SKIP_REASON, allow_module_level=True)
 
 import sglang.multimodal_gen.runtime.layers.layernorm as upstream
 from sgl_mmgen_fp32ln import _graft, _updater
