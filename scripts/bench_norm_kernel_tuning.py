@@ -1,13 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A/B the arithmetic-neutral tuning knobs of ``_fp32_norm_kernel`` (CUDA only).
+"""A/B the arithmetic-neutral tuning knobs of the norm kernels (CUDA only).
 
-Times each ``_KERNEL_TUNING`` variant below on Wan shapes (bf16 input, fp32
+Times each variant below (``_KERNEL_TUNING`` of the 4-warp kernel, and the
+warp-per-row kernel with ``ROWS`` rows per program) on Wan shapes (bf16 input, fp32
 weight and bias) against the copy floor, checks each is bit-identical to the
 fp32 reference, and prints the compiled kernels' registers and spills (a
 kernel's occupancy is what these knobs move). Also times ATen's reduced
 precision kernel and the Triton kernel on bf16 parameters (the
-``"aten_reduced"`` case) and the host-side cost of one launch. Pick the default
-in layernorm.py from its output.
+``"aten_reduced"`` case) and the host-side cost of one launch. Pick the
+defaults (``_KERNEL_TUNING``, ``_ROWS_TUNING`` in fp32_layernorm_bitexact.py)
+from its output.
 
     PYTHONPATH=python python scripts/bench_norm_kernel_tuning.py [--json OUT]
 """
@@ -24,7 +26,7 @@ from triton.testing import do_bench
 from sglang.kernels.ops.diffusion import fp32_layernorm_reference
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 
-SHAPES = ((32760, 1536), (32760, 5120), (75600, 5120))
+SHAPES = ((32760, 1280), (32760, 1536), (32760, 5120), (75600, 5120))
 EPS = 1e-6
 
 
@@ -35,6 +37,8 @@ def _variant(**knobs) -> dict:
 VARIANTS = {
     "unrolled": _variant(DYN_LOOP=False),
     "loop": _variant(DYN_LOOP=True),
+    "warp-per-row": {"ROWS": 1, "WARPS": 1},
+    "warp-per-2-rows": {"ROWS": 2, "WARPS": 1},
 }
 
 
@@ -149,7 +153,8 @@ def main(argv=None) -> None:
     for tokens, dim in SHAPES:
         rows += bench_shape(tokens, dim, names, bw)
     rows += bench_fused(32760, 5120, names, bw)
-    for caches in kb._fp32_norm_kernel.device_caches.values():
+    jits = (kb._fp32_norm_kernel, kb._fp32_norm_rows_kernel)
+    for caches in (c for jit in jits for c in jit.device_caches.values()):
         for kernel in caches[0].values():
             print(f"compiled: regs {kernel.n_regs} spills {kernel.n_spills} "
                   f"smem {kernel.metadata.shared}")  # fmt: skip
