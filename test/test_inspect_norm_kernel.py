@@ -32,3 +32,17 @@ def test_kernel_fits_the_register_budget(inspect, tmp_path, dim, fused):
     regs, stack = map(int, re.search(r"registers (\d+) stack (\d+)", usage).groups())
     # <= 64 registers keeps >= 8 rows (32 warps) in flight per SM; no spills
     assert regs <= 64 and stack == 0, usage
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("dim", [1280, 1536])
+def test_warp_per_row_kernel_has_no_barriers(inspect, tmp_path, dim, fused):
+    """The warp-per-row kernel merges ATen's four warps in registers: a layout
+    conversion through shared memory (25 barriers when the coefficient loads
+    took their own layout) would undo what it is for."""
+    compiled = inspect.compile_kernel(dim, fused, {}, 90, rows=1)
+    usage = inspect.resources(compiled, str(tmp_path / "k.cubin"))
+    regs, stack = map(int, re.search(r"registers (\d+) stack (\d+)", usage).groups())
+    barriers = int(re.search(r"(\d+) barriers", usage).group(1))
+    # one warp per program: <= 96 registers keeps >= 21 rows in flight per SM
+    assert barriers == 0 and stack == 0 and regs <= 96, usage
