@@ -45,6 +45,7 @@ import gc
 import importlib
 import inspect
 import logging
+import re
 import threading
 import types
 from dataclasses import dataclass, field
@@ -279,21 +280,13 @@ def _defer_rebind(classes: tuple, cache_attrs) -> int:
     return count
 
 
+_RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
 def _release(version: str) -> Optional[tuple]:
     """``"0.5.23.post1"`` -> ``(0, 5, 23)``; ``None`` if it does not start so."""
-    parts = []
-    for part in version.split(".")[:3]:
-        digits = ""
-        for ch in part:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
-            return None
-        parts.append(int(digits))
-        if digits != part:
-            break
-    return tuple(parts) if len(parts) == 3 else None
+    match = _RELEASE.match(version)
+    return tuple(map(int, match.groups())) if match else None
 
 
 def version_problem(version: Optional[str]) -> Optional[str]:

@@ -43,6 +43,13 @@ CALLERS = {
 ALREADY_FIXED_MARK = "increment_version"
 
 
+def _parameters_problem(names: tuple) -> str:
+    return (
+        f"{WRITER}'s parameters ({', '.join(names)}) differ from "
+        f"({', '.join(WRITER_PARAMETERS)})"
+    )
+
+
 def source_problems(source: str) -> tuple:
     """``(problems, already_fixed)`` for the updater module's source text."""
     try:
@@ -59,10 +66,7 @@ def source_problems(source: str) -> tuple:
     problems = []
     names = tuple(a.arg for a in writer.args.posonlyargs + writer.args.args)
     if names != WRITER_PARAMETERS or writer.args.vararg or writer.args.kwonlyargs:
-        problems.append(
-            f"{WRITER}'s parameters ({', '.join(names)}) differ from "
-            f"({', '.join(WRITER_PARAMETERS)})"
-        )
+        problems.append(_parameters_problem(names))
     for caller, callee in CALLERS.items():
         node = functions.get(caller)
         called = node is not None and any(
@@ -102,12 +106,7 @@ def live_problems() -> list:
     if not inspect.isfunction(fn):
         return [f"{WRITER} is not a function"]
     names = tuple(inspect.signature(fn).parameters)
-    if names != WRITER_PARAMETERS:
-        return [
-            f"{WRITER}'s parameters ({', '.join(names)}) differ from "
-            f"({', '.join(WRITER_PARAMETERS)})"
-        ]
-    return []
+    return [] if names == WRITER_PARAMETERS else [_parameters_problem(names)]
 
 
 def plan_updater_hook() -> tuple:

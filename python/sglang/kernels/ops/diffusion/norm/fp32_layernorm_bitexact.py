@@ -113,10 +113,13 @@ _COEFFICIENTS: dict = {}
 
 
 def _merge_coefficients(dim: int, device: torch.device) -> torch.Tensor:
-    """The count arithmetic of ``_merge_lanes``'s seven merges for rows of ``dim``.
+    """The count arithmetic of ATen's seven Welford merges for rows of ``dim``,
+    as ``_fp32_norm_rows_kernel`` reads it (the 4-warp kernel divides itself).
 
-    ``[14, 3, 128]`` fp32; the first seven: for merge stage s (shuffle offsets 16, 8, 4, 2, 1, then
-    lanes + 64 and + 32 as ATen's warps 0+2 / 1+3 and 0+1) and receiving lane t,
+    ``[14, 3, 128]`` fp32; the first seven: for merge stage s (shuffle offsets
+    16, 8, 4, 2, 1, then lanes + 64 and + 32 as ATen's warps 0+2 / 1+3 and 0+1;
+    the kernel reads stages 5 and 6 from here, at lanes 0 and 32) and receiving
+    lane t,
     ``(a_n, n_a, n_b)`` with ``a_n`` the incoming count, ``coef = 1 / (a_n +
     b_n)`` and ``n_x = x_n * coef``, each rounded to fp32 as ATen's
     ``cuWelfordCombine`` rounds it (IEEE fp32 division and products, here on the
@@ -125,7 +128,8 @@ def _merge_coefficients(dim: int, device: torch.device) -> torch.Tensor:
     vectors of 4. Empty merges get zeros, which ``welford_combine_coef`` turns
     into ATen's zero result. The last seven hold the same values with the
     lanes of each stage in the order ``4 * l + w`` for ATen's lane ``32 * w +
-    l``. Cached per (dim, device); never written after.
+    l`` (the kernel's in-warp stages 0-4 read these). Cached per (dim, device);
+    never written after.
     """
     key = (dim, device)
     table = _COEFFICIENTS.get(key)
