@@ -7,8 +7,10 @@ more than the GPU needs at mid sizes. ``DirectLauncher.launch`` goes through
 Triton the first time it sees a specialization (which compiles and returns the
 compiled kernel) and afterwards calls that kernel's launcher directly, as
 Triton itself does after binding. Callers that can key the specialization
-themselves keep the compiled kernel and call ``run_compiled``.
+themselves keep the compiled kernel and bind it once in a ``BoundLaunch``.
 """
+
+from typing import Optional
 
 import triton
 
@@ -18,12 +20,15 @@ def launch_spec(t) -> tuple:
     return (t.dtype, t.data_ptr() % 16 == 0)
 
 
+def _hook_set(hook) -> bool:
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 def launch_hooks_set() -> bool:
     """Whether a profiler installed launch hooks (Triton 3.6 keeps them in
     normally empty HookChains); hooked launches must go through Triton."""
     runtime = triton.knobs.runtime
-    hooks = (runtime.launch_enter_hook, runtime.launch_exit_hook)
-    return any(h is not None and getattr(h, "calls", True) for h in hooks)
+    return _hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook)
 
 
 def run_compiled(kernel, grid: tuple, device: int, args: tuple, tail: tuple) -> None:
@@ -39,6 +44,61 @@ def run_compiled(kernel, grid: tuple, device: int, args: tuple, tail: tuple) -> 
         *grid, driver.get_current_stream(device), kernel.function,
         kernel.packed_metadata, None, None, None, *args, *tail,
     )  # fmt: skip
+
+
+class BoundLaunch:
+    """One compiled kernel's launch with everything but its pointers bound.
+
+    Triton 3.6's C launcher takes a pointer argument either as an object with
+    ``data_ptr()``, which it then checks with a driver call
+    (``cuPointerGetAttribute``) on every launch, or as a plain int, taken as
+    is. A bound launch is called with ints and calls that C launcher directly,
+    with the grid, the compiled function, its metadata and ``post`` (the
+    arguments after the pointers, constexprs included) bound once.
+
+    Invariants: it stands for launches that ``DirectLauncher`` keys to
+    ``kernel`` (same grid, non-pointer arguments and constexprs, pointers of the
+    same dtypes and alignments), so callers bind one per such key; nothing
+    checks the ints, so they must be data pointers of live CUDA tensors on
+    ``device``. ``of`` returns ``None`` for a kernel that needs scratch memory,
+    which Triton's Python launcher allocates per launch (then ``run_compiled``
+    serves). Launch hooks are the caller's to check (``launch_hooks_set``).
+    """
+
+    __slots__ = ("launch", "grid", "device", "stream", "head", "post")
+
+    def __init__(self, launch, grid, device, stream, head, post) -> None:
+        self.launch = launch
+        self.grid = grid
+        self.device = device
+        self.stream = stream
+        self.head = head
+        self.post = post
+
+    @classmethod
+    def of(
+        cls, kernel, grid: tuple, device: int, post: tuple
+    ) -> Optional["BoundLaunch"]:
+        run = kernel.run
+        scratch = (
+            getattr(run, "global_scratch_size", 1),
+            getattr(run, "profile_scratch_size", 1),
+        )
+        launch = getattr(run, "launch", None)
+        if any(scratch) or launch is None or not callable(launch):
+            return None
+        head = (
+            kernel.function, run.launch_cooperative_grid, run.launch_pdl,
+            None, None, kernel.packed_metadata, None, None, None,
+        )  # fmt: skip
+        stream = triton.runtime.driver.active.get_current_stream
+        return cls(launch, (*grid, 1, 1)[:3], device, stream, head, tuple(post))
+
+    def __call__(self, *pointers: int) -> None:
+        """Launch on the current stream of ``device``."""
+        self.launch(
+            *self.grid, self.stream(self.device), *self.head, *pointers, *self.post
+        )
 
 
 class DirectLauncher:

@@ -55,6 +55,7 @@ from sglang.kernels.ops.diffusion.norm.fp32_layernorm_triton import (
 
 if triton is not None:
     from sglang.kernels.ops.diffusion.common.direct_launch import (
+        BoundLaunch,
         DirectLauncher,
         run_compiled,
     )
@@ -245,8 +246,9 @@ class _Plan:
 
     Holds everything ``_fp32_norm_kernel``'s launch needs that does not depend
     on the data: the grid, the int and constexpr arguments, the roundings of the
-    eager chain, and (after the first launch) the compiled kernel. A call then
-    only allocates the outputs and launches. Valid for every call whose
+    eager chain, and (after the first launch) the compiled kernel, bound in a
+    ``BoundLaunch``. A call then only allocates the outputs, reads the data
+    pointers and launches. Valid for every call whose
     operands have the same ``_plan_key`` (shapes, strides, dtypes, devices,
     16-byte alignments, eps): the ints and constexprs are functions of exactly
     those, and so is Triton's specialization (see ``DirectLauncher``).
@@ -255,7 +257,7 @@ class _Plan:
     __slots__ = (
         "rows", "shape", "ints", "constexprs", "tail", "kernel", "device",
         "has_res", "has_gate", "has_mod", "store_stats", "rcp", "coef",
-        "launcher", "grid",
+        "launcher", "grid", "bound",
     )  # fmt: skip
 
     def __init__(self, x, weight, bias, eps, residual=None, gate=None, scale=None,
@@ -274,7 +276,7 @@ class _Plan:
         self.store_stats = store_stats
         self.rcp = _reciprocals(x.device)
         self.coef = _merge_coefficients(dim, x.device)
-        self.kernel = None
+        self.kernel = self.bound = None
         code = _ROUNDING_CODE.__getitem__
         r_dtype = g1_dtype = x.dtype
         mods = {}
@@ -336,6 +338,26 @@ class _Plan:
             self.constexprs, _N_POINTER_ARGS + len(self.ints) + 1
         )
 
+    def _launch(self, pointers: tuple, eps: float) -> None:
+        """Launch through ``DirectLauncher``; bind the compiled kernel once seen."""
+        args = (*pointers, self.rcp, self.coef, *self.ints, eps)
+        kernel = self.kernel
+        if kernel is not None and self.launcher.fast():
+            run_compiled(kernel, self.grid, self.device, args, self.tail)
+        else:
+            launched = self.launcher.launch(self.grid, args, self.constexprs)
+            if launched is not None:  # None: Triton's own path ran (hooks set)
+                self.kernel = kernel = launched
+        if kernel is not None and self.bound is None:
+            post = (
+                self.rcp.data_ptr(),
+                self.coef.data_ptr(),
+                *args[-len(self.ints) - 1 :],
+            )
+            self.bound = BoundLaunch.of(
+                kernel, self.grid, self.device, post + self.tail
+            )
+
     def __call__(self, x, weight, bias, eps, residual=None, gate=None, scale=None,
                  shift=None):  # fmt: skip
         """Launch on operands that match the plan; outputs as ``_launch_fp32_norm``."""
@@ -346,7 +368,7 @@ class _Plan:
             stats = torch.empty(self.rows, device=x.device, dtype=torch.float32)
             rstd = torch.empty_like(stats)
         if self.rows > 0:
-            args = (
+            pointers = (
                 x,
                 x if residual is None else residual,
                 gate if self.has_gate else x,
@@ -358,18 +380,17 @@ class _Plan:
                 y if res_out is None else res_out,
                 y if stats is None else stats,
                 y if rstd is None else rstd,
-                self.rcp,
-                self.coef,
-                *self.ints,
-                eps,
             )
-            kernel = self.kernel
-            if kernel is not None and self.launcher.fast():
-                run_compiled(kernel, self.grid, self.device, args, self.tail)
+            bound = self.bound
+            if bound is not None and self.launcher.fast():
+                bound(*map(_data_ptr, pointers))
             else:
-                self.kernel = self.launcher.launch(self.grid, args, self.constexprs)
+                self._launch(pointers, eps)
         result = y if res_out is None else (y, res_out)
         return (result, (stats, rstd)) if self.store_stats else result
+
+
+_data_ptr = torch.Tensor.data_ptr
 
 
 def _tensor_key(t: Optional[torch.Tensor]):
