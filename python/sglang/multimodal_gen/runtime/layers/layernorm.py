@@ -362,9 +362,14 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
             or torch.compiler.is_compiling()
             or force_reference()
         ):
-            self._check_input(inputs, self.normalized_shape)
+            # the input check runs once per operand configuration
             out = try_fp32_layernorm_single_pass(
-                inputs, self.normalized_shape, self.weight, self.bias, self.eps
+                inputs,
+                self.normalized_shape,
+                self.weight,
+                self.bias,
+                self.eps,
+                check=self._check_input,
             )
             if out is not None:
                 return out

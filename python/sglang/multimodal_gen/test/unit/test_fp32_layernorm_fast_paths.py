@@ -305,6 +305,47 @@ def test_small_inputs_take_the_kernel_in_one_launch():
         assert all(torch.equal(a, b) for a, b in zip(pair, want))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_norms_over_different_shapes_of_one_input_do_not_share_a_path(
+    dtype, monkeypatch
+):
+    """Without affine parameters nothing but ``normalized_shape`` tells a norm
+    over the last dim from one over the last two; both stay exact."""
+    monkeypatch.setattr(sel, "_RUNNERS", {})
+    x = (torch.randn(4, 257, 1280, device="cuda") * 3).to(dtype)
+    for shape in ((1280,), (257, 1280), (1280,)):
+        m = ln.FP32LayerNorm(shape, eps=1e-6, elementwise_affine=False).cuda()
+        with torch.no_grad():
+            assert torch.equal(m(x), reference(x, shape, None, None, 1e-6)), shape
+
+
+def test_single_pass_input_check_runs_once_per_configuration(monkeypatch):
+    """``check`` vets each operand configuration once; a stored decision is
+    only reused for operands with the same key (so the check would pass)."""
+    monkeypatch.setattr(sel, "_RUNNERS", {})
+    seen = []
+
+    def check(x, shape):
+        ln.FP32LayerNorm._check_input(x, shape)
+        seen.append((tuple(x.shape), shape))
+
+    x = torch.randn(3, 64)
+    for _ in range(3):
+        assert (
+            sel.try_fp32_layernorm_single_pass(x, (64,), None, None, 1e-6, check)
+            is None
+        )
+    assert seen == [((3, 64), (64,))]
+    with pytest.raises(ValueError, match="does not end with normalized_shape"):
+        sel.try_fp32_layernorm_single_pass(x, (32,), None, None, 1e-6, check)
+    with pytest.raises(TypeError, match="floating-point"):
+        sel.try_fp32_layernorm_single_pass(x.int(), (64,), None, None, 1e-6, check)
+    with pytest.raises(TypeError, match="expects a torch.Tensor"):
+        sel.try_fp32_layernorm_single_pass([1.0], (1,), None, None, 1e-6, check)
+
+
 def test_cpu_stays_on_the_cached_route():
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for params in PARAMS:
@@ -425,6 +466,42 @@ def test_kernel_launcher_key_covers_triton_specialization():
         assert spec[n_ptr + n_ints] == ("fp32", None), spec[n_ptr + n_ints]
 
 
+@needs_triton
+def test_bound_launch_passes_triton_launchers_argument_order(monkeypatch):
+    """BoundLaunch calls Triton 3.6's C launcher as its Python wrapper does:
+    grid, stream, function, cooperative, PDL, no scratch, packed metadata, no
+    launch metadata or hooks, then the kernel's arguments (pointers as ints)."""
+    calls = []
+
+    class Run:
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid, launch_pdl = False, True
+
+        def launch(self, *args):
+            calls.append(args)
+
+    class Kernel:
+        run, function, packed_metadata = Run(), 1234, (4, 1, 0)
+
+    streams = []
+
+    class Driver:
+        def get_current_stream(self, device):
+            streams.append(device)
+            return 99
+
+    monkeypatch.setattr(direct_launch.triton.runtime.driver, "_active", Driver())
+    bound = direct_launch.BoundLaunch.of(Kernel(), (7,), 3, (5, 1e-6, True))
+    bound(11, 12)
+    assert calls == [
+        (7, 1, 1, 99, 1234, False, True, None, None, (4, 1, 0), None, None, None)
+        + (11, 12, 5, 1e-6, True)
+    ]
+    assert streams == [3]
+    Run.global_scratch_size = 64  # Triton's Python launcher allocates it
+    assert direct_launch.BoundLaunch.of(Kernel(), (7,), 3, ()) is None
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @needs_triton
@@ -455,3 +532,37 @@ def test_direct_launches_match_the_reference(dtype, monkeypatch):
                 assert torch.equal(y, want), (offset, rows)
     assert len(launcher._kernels) >= 2
     assert all(plan.kernel is not None for plan in kb._PLANS.values())
+    # repeat calls of a plan went through its bound launch
+    assert all(plan.bound is not None for plan in kb._PLANS.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+def test_launch_hooks_see_every_launch_of_a_plan(monkeypatch):
+    """A profiler's launch hook sees bound plans' launches too (they go back
+    to Triton's path while a hook is set), and the output stays exact."""
+    import triton
+
+    monkeypatch.setattr(kb, "_PLANS", {})
+    gen = torch.Generator().manual_seed(6)
+    dim = 1536
+    x = torch.randn(64, dim, generator=gen).to("cuda", torch.bfloat16)
+    w = torch.randn(dim, generator=gen).cuda()
+    b = torch.randn(dim, generator=gen).cuda()
+    want = reference(x, (dim,), w, b, 1e-6)
+    for _ in range(2):
+        assert torch.equal(kb.fp32_layernorm_bitexact(x, w, b, 1e-6), want)
+    (plan,) = kb._PLANS.values()
+    assert plan.bound is not None
+    seen = []
+    hooks = triton.knobs.runtime.launch_enter_hook
+    hooks.add(seen.append)
+    try:
+        for _ in range(3):
+            assert torch.equal(kb.fp32_layernorm_bitexact(x, w, b, 1e-6), want)
+    finally:
+        hooks.remove(seen.append)
+    torch.cuda.synchronize()
+    assert len(seen) == 3
+    assert torch.equal(kb.fp32_layernorm_bitexact(x, w, b, 1e-6), want)

@@ -229,8 +229,9 @@ _RUNNERS: dict = {}
 _MAX_RUNNERS = 4096
 
 
-def _runner_key(eps, *tensors) -> tuple:
-    return (_FORCE_REFERENCE, eps, *map(_tensor_key, tensors))
+def _runner_key(config, *tensors) -> tuple:
+    # config: eps, or (eps, normalized_shape); tensors: the operands, None or not
+    return (_FORCE_REFERENCE, config, *map(_tensor_key, tensors))
 
 
 def _remember(key, runner) -> None:
@@ -240,25 +241,22 @@ def _remember(key, runner) -> None:
 
 
 def _single_pass_runner(x, shape, weight, bias, eps):
-    """``(runner or None, final)``; ``final``: the decision may be stored."""
+    """``(runner or None, final)``; ``final``: the decision may be stored.
+
+    A runner is called as ``runner(x, weight, bias, eps)``.
+    """
     path = fp32_layernorm_path(x, shape, weight, bias)
     if path not in ("triton", "aten_reduced"):
         return None, True
     if path == "aten_reduced":
 
-        def run(x, weight, bias):
+        def run(x, weight, bias, eps):
             return F.layer_norm(x, shape, weight, bias, eps)
 
     elif x.is_contiguous():
-        plan = plan_for(x.view(-1, x.shape[-1]), weight, bias, eps)
-
-        def run(x, weight, bias):
-            return plan(x, weight, bias, eps)
-
+        run = plan_for(x.view(-1, x.shape[-1]), weight, bias, eps)
     else:
-
-        def run(x, weight, bias):
-            return fp32_layernorm_bitexact(x, weight, bias, eps)
+        run = fp32_layernorm_bitexact
 
     key = (path, x.device, x.dtype, shape, _dtype_of(weight), _dtype_of(bias))
     if not _PROOFS.verdict(key):
@@ -295,15 +293,30 @@ def try_fp32_layernorm_single_pass(
     weight: Optional[torch.Tensor],
     bias: Optional[torch.Tensor],
     eps: float,
+    check: Optional[Callable] = None,
 ) -> Optional[torch.Tensor]:
-    """One pass over ``x`` where a path is proven here; ``None`` otherwise."""
-    key = _runner_key(eps, x, weight, bias)
+    """One pass over ``x`` where a path is proven here; ``None`` otherwise.
+
+    ``check(x, normalized_shape)`` vets the operands the first time their
+    configuration (the runner key: types, shapes, strides, dtypes, devices,
+    alignments, eps, ``normalized_shape``) is seen and raises on bad ones;
+    calls with a stored configuration skip it, so it may only look at what the
+    key holds.
+    """
+    if not isinstance(x, torch.Tensor):
+        if check is not None:
+            check(x, normalized_shape)
+        return None
+    shape = tuple(normalized_shape)
+    key = _runner_key((eps, shape), x, weight, bias)
     run = _RUNNERS.get(key, _UNKNOWN)
     if run is _UNKNOWN:
-        run, final = _single_pass_runner(x, tuple(normalized_shape), weight, bias, eps)
+        if check is not None:
+            check(x, shape)
+        run, final = _single_pass_runner(x, shape, weight, bias, eps)
         if final:
             _remember(key, run)
-    return None if run is None else run(x, weight, bias)
+    return None if run is None else run(x, weight, bias, eps)
 
 
 def fused_layernorm_path(
