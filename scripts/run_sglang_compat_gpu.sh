@@ -19,6 +19,14 @@
 # it whenever CUDA is present; the harness never calls them). test_export.py is
 # left out: it needs git. The weight-updater cases skip where cache_dit is absent.
 set -euo pipefail
+if [ $# -lt 1 ] || [ ! -f "$1/sg_trim.zip" ]; then
+    echo "usage: $0 WHEELDIR [pytest args]  (WHEELDIR holds sg_trim.zip and the wheels)" >&2
+    exit 2
+fi
+if ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+    echo "$0: the carried wheels are cp312; run it under Python 3.12" >&2
+    exit 2
+fi
 repo=$(cd "$(dirname "$0")/.." && pwd)
 wheels=$(cd "$1" && pwd)
 shift
