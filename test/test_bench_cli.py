@@ -146,3 +146,14 @@ def test_full_cuda_case_list_covers_the_wan_targets():
         assert (torch.bfloat16, bench.WAN_FRAMES) in kinds
     # per-frame only where the tokens split into 21 frames (32760, 75600)
     assert all(c.tokens % bench.WAN_FRAMES == 0 for c in fused if c.frames)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_host_time_tool_needs_cuda_and_says_so(capsys):
+    sys.path.insert(0, str(_ROOT / "scripts"))
+    try:
+        import bench_host_time
+    finally:
+        sys.path.pop(0)
+    assert bench_host_time.main([]) == 2
+    assert capsys.readouterr().err.strip() == "bench_host_time: needs a CUDA device"
