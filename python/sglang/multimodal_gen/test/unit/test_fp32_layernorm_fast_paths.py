@@ -502,6 +502,64 @@ def test_bound_launch_passes_triton_launchers_argument_order(monkeypatch):
     assert direct_launch.BoundLaunch.of(Kernel(), (7,), 3, ()) is None
 
 
+@needs_triton
+def test_plan_binds_after_its_first_launch_and_yields_to_hooks(monkeypatch):
+    """A plan's first launch goes through its DirectLauncher with tensors;
+    later ones through the BoundLaunch with data pointers in the same slots and
+    the plan's constants after them; while hooks are set, through Triton again,
+    keeping the compiled kernel (fakes stand in for Triton, so this runs on CPU)."""
+    launches, c_calls = [], []
+
+    class Run:
+        global_scratch_size = profile_scratch_size = 0
+        launch_cooperative_grid = launch_pdl = False
+
+        def launch(self, *args):
+            c_calls.append(args)
+
+    class Kernel:
+        run, function, packed_metadata = Run(), 7, (1, 1, 0)
+
+    compiled = Kernel()
+
+    class Launcher:
+        hooked = False
+
+        def fast(self):
+            return not self.hooked
+
+        def launch(self, grid, args, constexprs):
+            launches.append(args)
+            return None if self.hooked else compiled
+
+    class Driver:
+        def get_current_stream(self, device):
+            return 0
+
+    monkeypatch.setattr(direct_launch.triton.runtime.driver, "_active", Driver())
+    dim = 64
+    x, w, b = torch.randn(5, dim), torch.randn(dim), torch.randn(dim)
+    plan = kb._Plan(x, w, b, 1e-6)
+    plan.launcher = launcher = Launcher()
+    plan(x, w, b, 1e-6)
+    assert len(launches) == 1 and launches[0][0] is x and launches[0][3] is w
+    assert plan.kernel is compiled and plan.bound is not None
+    y = plan(x, w, b, 1e-6)
+    assert len(launches) == 1 and len(c_calls) == 1
+    args = c_calls[0][13:]  # after grid, stream, function and metadata
+    n_ptr = kb._N_POINTER_ARGS
+    assert args[0] == x.data_ptr() and args[2] == x.data_ptr()
+    assert args[3] == w.data_ptr() and args[4] == b.data_ptr()
+    assert args[7] == y.data_ptr()  # the output allocated by that call
+    assert args[n_ptr - 2 : n_ptr] == (plan.rcp.data_ptr(), plan.coef.data_ptr())
+    assert args[n_ptr:] == (*plan.ints, 1e-6, *plan.tail)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    launcher.hooked = True
+    plan(x, w, b, 1e-6)
+    assert len(launches) == 2 and len(c_calls) == 1
+    assert plan.kernel is compiled
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @needs_triton
