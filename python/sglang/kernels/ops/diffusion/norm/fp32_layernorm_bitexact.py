@@ -339,21 +339,16 @@ class _Plan:
         )
 
     def _launch(self, pointers: tuple, eps: float) -> None:
-        """Launch through ``DirectLauncher``; bind the compiled kernel once seen."""
+        """Launch through ``DirectLauncher``; bind the first compiled kernel."""
         args = (*pointers, self.rcp, self.coef, *self.ints, eps)
-        kernel = self.kernel
-        if kernel is not None and self.launcher.fast():
-            run_compiled(kernel, self.grid, self.device, args, self.tail)
-        else:
-            launched = self.launcher.launch(self.grid, args, self.constexprs)
-            if launched is not None:  # None: Triton's own path ran (hooks set)
-                self.kernel = kernel = launched
-        if kernel is not None and self.bound is None:
-            post = (
-                self.rcp.data_ptr(),
-                self.coef.data_ptr(),
-                *args[-len(self.ints) - 1 :],
-            )
+        if self.kernel is not None and self.launcher.fast():
+            # compiled but not bound: it needs scratch (see BoundLaunch.of)
+            run_compiled(self.kernel, self.grid, self.device, args, self.tail)
+            return
+        kernel = self.launcher.launch(self.grid, args, self.constexprs)
+        if kernel is not None and self.kernel is None:  # None: hooks set
+            self.kernel = kernel
+            post = (self.rcp.data_ptr(), self.coef.data_ptr(), *self.ints, eps)
             self.bound = BoundLaunch.of(
                 kernel, self.grid, self.device, post + self.tail
             )
