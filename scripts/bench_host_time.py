@@ -101,7 +101,6 @@ def layers_fp32_layernorm(args, param_dtype) -> None:
                 y,
                 y,
                 y,
-                plan.rcp,
                 plan.coef,
                 *plan.ints,
                 eps,

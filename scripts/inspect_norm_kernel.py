@@ -10,7 +10,7 @@ docs/kernel-notes.md). Integer arguments are specialized as at a real launch
 (strides divisible by 16, frame sizes of 1).
 
     PYTHONPATH=python python scripts/inspect_norm_kernel.py [--dims 1536,5120]
-        [--fused] [--dyn-loop] [--rows N] [--arch 90] [--dump DIR]
+        [--fused] [--keep] [--prefetch] [--rows N] [--arch 90] [--dump DIR]
 
 ``--rows N`` compiles ``_fp32_norm_rows_kernel`` (one warp, N rows per
 program) instead of the 4-warp ``_fp32_norm_kernel``. Besides registers, it
@@ -30,12 +30,12 @@ from triton.compiler import ASTSource
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 
 _POINTERS = ("X", "RES", "GATE", "W", "B", "SCALE", "SHIFT", "Y", "RES_OUT")
-_FP32_POINTERS = ("MEAN", "RSTD", "RCP", "COEF")
+_FP32_POINTERS = ("MEAN", "RSTD", "COEF")
 
 
 def compile_kernel(dim: int, fused: bool, tuning: dict, arch: int, rows: int = 0):
     kernel = kb._fp32_norm_rows_kernel if rows else kb._fp32_norm_kernel
-    tuning = {"ROWS": rows} if rows else tuning
+    tuning = {**tuning, "ROWS": rows} if rows else tuning
     constexprs = dict(
         N=dim, ITERS=triton.cdiv(dim // 4, 128), HAS_RESIDUAL=fused,
         HAS_GATE=fused, HAS_W=True, HAS_B=True, HAS_MOD=fused, STORE_STATS=False,
@@ -96,14 +96,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", default="1536,3072,5120,8192")
     parser.add_argument("--fused", action="store_true", help="residual + modulation")
-    parser.add_argument("--dyn-loop", action="store_true", help="DYN_LOOP=True")
+    parser.add_argument("--keep", action="store_true", help="KEEP=True")
+    parser.add_argument("--prefetch", action="store_true", help="PREFETCH=True")
     parser.add_argument(
         "--rows", type=int, default=0, help="the warp-per-row kernel, N rows"
     )
     parser.add_argument("--arch", type=int, default=90, help="SM version (90: H100)")
     parser.add_argument("--dump", help="write ttgir/ptx per dim into this folder")
     args = parser.parse_args(argv)
-    tuning = {**kb._KERNEL_TUNING, "DYN_LOOP": args.dyn_loop}
+    tuning = {"KEEP": args.keep, "PREFETCH": args.prefetch}
     out = args.dump or "/tmp"
     os.makedirs(out, exist_ok=True)
     for dim in map(int, args.dims.split(",")):
@@ -113,7 +114,7 @@ def main(argv=None) -> None:
             for kind in ("ttgir", "ptx"):
                 with open(f"{stem}.{kind}", "w") as f:
                     f.write(compiled.asm[kind])
-        kind = f"rows={args.rows}" if args.rows else str(tuning)
+        kind = str({**tuning, "ROWS": args.rows} if args.rows else tuning)
         print(f"D={dim} {kind}: {resources(compiled, stem + '.cubin')}")
 
 

@@ -24,10 +24,13 @@ def inspect():
     return module
 
 
+PLAIN = {"KEEP": False, "PREFETCH": False}
+
+
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("dim", [1536, 5120])
 def test_kernel_fits_the_register_budget(inspect, tmp_path, dim, fused):
-    compiled = inspect.compile_kernel(dim, fused, {"DYN_LOOP": False}, 90)
+    compiled = inspect.compile_kernel(dim, fused, PLAIN, 90)
     usage = inspect.resources(compiled, str(tmp_path / "k.cubin"))
     regs, stack = map(int, re.search(r"registers (\d+) stack (\d+)", usage).groups())
     # <= 64 registers keeps >= 8 rows (32 warps) in flight per SM; no spills
@@ -40,9 +43,27 @@ def test_warp_per_row_kernel_has_no_barriers(inspect, tmp_path, dim, fused):
     """The warp-per-row kernel merges ATen's four warps in registers: a layout
     conversion through shared memory (25 barriers when the coefficient loads
     took their own layout) would undo what it is for."""
-    compiled = inspect.compile_kernel(dim, fused, {}, 90, rows=1)
+    compiled = inspect.compile_kernel(dim, fused, PLAIN, 90, rows=1)
     usage = inspect.resources(compiled, str(tmp_path / "k.cubin"))
     regs, stack = map(int, re.search(r"registers (\d+) stack (\d+)", usage).groups())
     barriers = int(re.search(r"(\d+) barriers", usage).group(1))
     # one warp per program: <= 96 registers keeps >= 21 rows in flight per SM
     assert barriers == 0 and stack == 0 and regs <= 96, usage
+
+
+@pytest.mark.parametrize(
+    "variant, dim",
+    [("block-keep", 5120), ("block-keep-prefetch", 5120), ("block-keep-prefetch", 1280),
+     ("rows-keep", 1280)],
+)  # fmt: skip
+def test_variants_that_hold_the_row_do_not_spill(inspect, tmp_path, variant, dim):
+    """KEEP and PREFETCH hold a row's tiles in registers; where the plans take
+    them (the widest fused rows included) that must not spill to local memory,
+    which would add the memory traffic they are there to save."""
+    from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
+
+    tuning = kb._variant(variant)
+    rows = tuning.pop("ROWS", 0)
+    compiled = inspect.compile_kernel(dim, True, tuning, 90, rows=rows)
+    usage = inspect.resources(compiled, str(tmp_path / "k.cubin"))
+    assert re.search(r"stack 0 B", usage), usage

@@ -67,11 +67,8 @@ CHILD = textwrap.dedent(
     from sglang.kernels.ops.diffusion import scale_residual_norm_scale_shift_chain
 
     kb.torch.cuda.current_device = lambda: -1  # CPU tensors in the plan key
-    # the plans pick a kernel by shape: force one for every case
-    if sys.argv[1] == "rows":  # a warp per row
-        kb._ROWS_TUNING = {**kb._ROWS_TUNING, "MAX_D": 8192, "MIN_ROWS": 0}
-    else:  # four warps per row
-        kb._ROWS_TUNING = {**kb._ROWS_TUNING, "MAX_D": 0}
+    # the plans pick a kernel and its knobs by shape: force one for every case
+    kb._TUNING_OVERRIDE = kb._variant(sys.argv[1])
 
     def combine(b, a):
         # cuWelfordCombine(b, a) with the interpreter's unfused fma
@@ -181,9 +178,13 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.skipif(triton is None, reason="needs Triton (its interpreter)")
-@pytest.mark.parametrize("kernel", ["rows", "block"])
+@pytest.mark.parametrize(
+    "kernel", ["rows", "block", "rows-keep-prefetch", "block-keep-prefetch"]
+)
 def test_kernel_matches_a_replay_of_its_algorithm_under_the_interpreter(kernel):
-    """Both kernels: a warp per row and four warps per row."""
+    """Both kernels, a warp per row and four warps per row, each loading the
+    row's tiles and operands in the output pass, or with them kept in registers
+    from the first pass (KEEP, PREFETCH)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     env["PYTHONPATH"] = os.pathsep.join([str(PYTHON_DIR)] + sys.path)
     proc = subprocess.run(

@@ -73,41 +73,71 @@ _ATEN_REPLAY = {
     "OUT_FMA": True,
 }
 
-# Performance knob of _fp32_norm_kernel; it changes no result bit (checked
-# against the reference by scripts/bench_norm_kernel_tuning.py, the unit tests
-# and the proof registry). DYN_LOOP: runtime loops (fewest registers) instead of
-# static unrolls (all of a row's loads in flight at once); the unrolled kernel
-# was 1.07-1.12x the copy floor against 1.16-1.19x at D=5120 (H200, run 2).
-_KERNEL_TUNING = {"DYN_LOOP": False}
-# _fp32_norm_rows_kernel (one warp, ROWS rows per program) where rows are at
-# most MAX_D wide and at least MIN_ROWS many; the 4-warp kernel elsewhere. H200,
-# torch 2.11, graph replay, bf16, session 4: at 32760x1536 FP32LayerNorm 53.9
-# against 61.9 us (1.13x against 1.30x the copy floor), LayerNormScaleShift 63.6
-# against 83.6 us; at 32760x1280 46.7 against 70.3 us. It lost at 4096 tokens
-# (fused 14-18% slower), at D >= 3072, and with ROWS 2 or 4.
-_ROWS_TUNING = {"ROWS": 1, "WARPS": 1, "MAX_D": 1536, "MIN_ROWS": 16384}
+# Which kernel a plan launches, and its knobs; none changes a result bit (the
+# unit tests run every variant, the proof registry the one a plan takes):
+# * ROWS: _fp32_norm_rows_kernel, one warp over ROWS rows, instead of
+#   _fp32_norm_kernel (four warps per row);
+# * KEEP: the row's input tiles stay in registers for the output pass instead
+#   of being loaded again (more registers per row; one memory round trip and
+#   the second read of x, residual and gate fewer);
+# * PREFETCH: the output pass's other operands (weight, bias, scale, shift) are
+#   loaded with the input, before the statistics, instead of after them.
+# Measured (scripts/bench_norm_kernel_tuning.py, H200, torch 2.11, Triton 3.6,
+# bf16 input, CUDA-graph replay, session 6; ratios to the copy floor):
+# * at most _FEW_ELEMENTS (about one wave of rows; latency-bound): KEEP +
+#   PREFETCH, the fastest at every D. At 257 tokens LayerNormScaleShift 2.8
+#   against 3.8 us at D=1280 and 3.9 against 7.2 at D=5120,
+#   ScaleResidualLayerNormScaleShift 3.2 against 4.3 and 5.3 against 9.1 us
+#   (upstream's CuTe DSL kernel in the same run: 2.8, 4.7, 3.2, 5.6 us). At
+#   1028x3072 it no longer paid (FP32LayerNorm 6.0 against 5.7 us).
+# * elsewhere KEEP, e.g. 75600x5120 FP32LayerNorm without affine 1.01x against
+#   1.23x, ScaleResidual 1.02x against 1.15x; with PREFETCH 1.17-1.30x
+#   (occupancy), except LayerNormScaleShift up to _MID_ELEMENTS (4096x3072:
+#   15.7 against 17.4 us);
+# * D <= 1536 from _MANY_ROWS rows: a warp per row for the norms without a
+#   residual (4096x1280 FP32LayerNorm 9.0 against 10.4 us, 32760x1280 1.18x
+#   against 1.74x), and with KEEP for the residual at D = 1280 from 4 x
+#   _MANY_ROWS rows (32760x1280 1.18x against 1.40x); ScaleResidual at
+#   D = 1536 is fastest with four warps per row and KEEP (32760x1536 1.10x
+#   against 1.16x).
+_FEW_ELEMENTS = 3 << 19
+_MID_ELEMENTS = 1 << 24
+_MANY_ROWS = 4096
+_TUNING_OVERRIDE: Optional[dict] = None  # tests and tools: one variant everywhere
+
+
+def _variant(name: str) -> dict:
+    """The tuning named ``block`` or ``rows`` (the kernel), then optionally
+    ``-keep`` and ``-prefetch`` (the knobs): how tests and tools force one."""
+    kernel, *knobs = name.split("-")
+    if kernel not in ("block", "rows") or not set(knobs) <= {"keep", "prefetch"}:
+        raise ValueError(f"unknown kernel variant {name!r}")
+    tuning = {"ROWS": 1} if kernel == "rows" else {}
+    return {**tuning, "KEEP": "keep" in knobs, "PREFETCH": "prefetch" in knobs}
+
+
+def _tuning(rows: int, dim: int, residual: bool, modulated: bool) -> dict:
+    """The kernel variant for ``rows`` rows of ``dim`` (see the table above)."""
+    if _TUNING_OVERRIDE is not None:
+        return _TUNING_OVERRIDE
+    elements = rows * dim
+    if elements <= _FEW_ELEMENTS:
+        return _variant("block-keep-prefetch")
+    if dim <= 1536 and rows >= _MANY_ROWS:
+        if not residual:
+            return _variant("rows")
+        if dim <= 1280 and rows >= 4 * _MANY_ROWS:
+            return _variant("rows-keep")
+    if modulated and not residual and elements <= _MID_ELEMENTS:
+        return _variant("block-keep-prefetch")
+    return _variant("block-keep")
+
 
 # rows of at most this many elements fit the kernel's unrolled per-lane loop
 _KERNEL_MAX_D = 8192
 _ROUNDING_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _REDUCED = (torch.bfloat16, torch.float16)
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-_RECIPROCALS: dict = {}
-
-
-def _reciprocals(device: torch.device) -> torch.Tensor:
-    """``1 / k`` for k = 1.._KERNEL_MAX_D in fp32, each correctly rounded.
-
-    Built on the device with an IEEE division (PyTorch is not built with fast
-    math), so each entry equals the ``1.f / count`` ATen's kernel computes.
-    """
-    table = _RECIPROCALS.get(device)
-    if table is None:
-        count = torch.arange(1, _KERNEL_MAX_D + 1, device=device, dtype=torch.float32)
-        table = _RECIPROCALS.setdefault(device, 1.0 / count)
-    return table
 
 
 _COEFFICIENTS: dict = {}
@@ -220,8 +250,8 @@ class _Modulation:
         self.frame = max(seq_len // frames, 1)
 
 
-# _fp32_norm_kernel's arguments: 13 pointers, then ints, then eps
-_N_POINTER_ARGS = 13
+# _fp32_norm_kernel's arguments: 12 pointers, then ints, then eps
+_N_POINTER_ARGS = 12
 # only the FMAs written out in the kernel may fuse, as in ATen's build
 _KERNEL_OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}
 _LAUNCHER = (
@@ -229,16 +259,13 @@ _LAUNCHER = (
     if triton is None
     else DirectLauncher(_fp32_norm_kernel, _N_POINTER_ARGS, _KERNEL_OPTIONS)
 )
-_ROWS_LAUNCHERS: dict = {}
-
-
-def _rows_launcher(warps: int) -> "DirectLauncher":
-    launcher = _ROWS_LAUNCHERS.get(warps)
-    if launcher is None:
-        options = {**_KERNEL_OPTIONS, "num_warps": warps}
-        launcher = DirectLauncher(_fp32_norm_rows_kernel, _N_POINTER_ARGS, options)
-        _ROWS_LAUNCHERS[warps] = launcher
-    return launcher
+_ROWS_LAUNCHER = (
+    None
+    if triton is None
+    else DirectLauncher(
+        _fp32_norm_rows_kernel, _N_POINTER_ARGS, {**_KERNEL_OPTIONS, "num_warps": 1}
+    )
+)
 
 
 class _Plan:
@@ -256,8 +283,8 @@ class _Plan:
 
     __slots__ = (
         "rows", "shape", "ints", "constexprs", "tail", "kernel", "device",
-        "has_res", "has_gate", "has_mod", "store_stats", "rcp", "coef",
-        "launcher", "grid", "bound",
+        "has_res", "has_gate", "has_mod", "store_stats", "coef",
+        "launcher", "grid", "bound", "tuning",
     )  # fmt: skip
 
     def __init__(self, x, weight, bias, eps, residual=None, gate=None, scale=None,
@@ -274,7 +301,6 @@ class _Plan:
         self.has_gate = gate is not None
         self.has_mod = scale is not None
         self.store_stats = store_stats
-        self.rcp = _reciprocals(x.device)
         self.coef = _merge_coefficients(dim, x.device)
         self.kernel = self.bound = None
         code = _ROUNDING_CODE.__getitem__
@@ -303,19 +329,18 @@ class _Plan:
             m = mods.get(key)
             ints += (0, 0, 0, 1) if m is None else (*m.strides, m.frame)
         if tuning is None:
-            narrow = dim <= _ROWS_TUNING["MAX_D"]
-            many = self.rows >= _ROWS_TUNING["MIN_ROWS"]
-            tuning = _ROWS_TUNING if narrow and many else _KERNEL_TUNING
+            tuning = _tuning(self.rows, dim, residual is not None, scale is not None)
+        knobs = {knob: tuning.get(knob, False) for knob in ("KEEP", "PREFETCH")}
         if "ROWS" in tuning:
             per_program = tuning["ROWS"]
-            self.launcher = _rows_launcher(tuning.get("WARPS", per_program))
+            self.launcher = _ROWS_LAUNCHER
             self.grid = ((self.rows + per_program - 1) // per_program, 1, 1)
             ints.append(self.rows)
-            tuning = {"ROWS": per_program}
+            knobs["ROWS"] = per_program
         else:
             self.launcher = _LAUNCHER
             self.grid = (self.rows, 1, 1)
-            tuning = {"DYN_LOOP": tuning.get("DYN_LOOP", False)}
+        self.tuning = knobs  # the variant, as _launch_fp32_norm's tuning
         self.ints = tuple(ints)
         self.constexprs = dict(
             N=dim,
@@ -332,7 +357,7 @@ class _Plan:
             M1_RND=code(m1_dtype),
             M_RND=code(m_dtype),
             **(_ATEN_REPLAY if replay is None else replay),
-            **tuning,
+            **knobs,
         )
         self.tail = self.launcher.tail(
             self.constexprs, _N_POINTER_ARGS + len(self.ints) + 1
@@ -340,7 +365,7 @@ class _Plan:
 
     def _launch(self, pointers: tuple, eps: float) -> None:
         """Launch through ``DirectLauncher``; bind the first compiled kernel."""
-        args = (*pointers, self.rcp, self.coef, *self.ints, eps)
+        args = (*pointers, self.coef, *self.ints, eps)
         if self.kernel is not None and self.launcher.fast():
             # compiled but not bound: it needs scratch (see BoundLaunch.of)
             run_compiled(self.kernel, self.grid, self.device, args, self.tail)
@@ -348,7 +373,7 @@ class _Plan:
         kernel = self.launcher.launch(self.grid, args, self.constexprs)
         if kernel is not None and self.kernel is None:  # None: hooks set
             self.kernel = kernel
-            post = (self.rcp.data_ptr(), self.coef.data_ptr(), *self.ints, eps)
+            post = (self.coef.data_ptr(), *self.ints, eps)
             self.bound = BoundLaunch.of(
                 kernel, self.grid, self.device, post + self.tail
             )
@@ -448,7 +473,7 @@ def _launch_fp32_norm(
     Output dtypes are ``x.dtype``. Intermediate roundings follow PyTorch's type
     promotion of the eager chain, so callers get the bits the eager ops give.
     Returns ``y`` or ``(y, residual_out)``, plus ``(mean, rstd)`` if asked;
-    ``replay`` / ``tuning`` override ``_ATEN_REPLAY`` / ``_KERNEL_TUNING``.
+    ``replay`` / ``tuning`` override ``_ATEN_REPLAY`` / ``_tuning``.
     """
     x = x.contiguous()
     residual = None if residual is None else residual.reshape(x.shape).contiguous()

@@ -9,7 +9,7 @@ the numerics contract they implement).
   of ATen's lanes, so ATen's step between warps is done in registers.
 
 Both compute the same operations in the same order, so the same bits; which
-one a launch takes is a speed choice (``_ROWS_TUNING`` in the ops module).
+one a launch takes is a speed choice (``_tuning`` in the ops module).
 Without Triton, ``triton`` is ``None`` and nothing here is defined.
 """
 
@@ -30,14 +30,14 @@ except ImportError:  # CPU-only installs and platforms without Triton
 if triton is not None:
 
     @triton.jit
-    def _tile(k, lanes, vec, N: tl.constexpr, CONST_K: tl.constexpr):
-        # iteration k of ATen's per-thread loop: lane t takes vector k * 128 + t;
-        # returns its columns and the lanes that own a vector; where k is a
-        # compile-time constant and the tile is full, that is a constant true,
-        # which the compiler folds away (no predicates, no selects)
+    def _tile(k, lanes, vec, N: tl.constexpr):
+        # iteration k (a compile-time constant) of ATen's per-thread loop: lane
+        # t takes vector k * 128 + t; returns its columns and the lanes that own
+        # a vector; where the tile is full, that is a constant true, which the
+        # compiler folds away (no predicates, no selects)
         vidx = k * 128 + lanes
         cols = vidx[:, None] * 4 + vec[None, :]
-        if CONST_K and (k + 1) * 128 <= N // 4:
+        if (k + 1) * 128 <= N // 4:
             active = tl.full([128], 1, tl.int1)
         else:
             active = vidx < N // 4
@@ -124,46 +124,26 @@ if triton is not None:
         return tl.gather(mean, first, 0), tl.gather(m2, first, 0)
 
     @triton.jit
-    def _welford_tile(
-        X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
-        stride_x, stride_res, g_sb, g_sf, g_sd, g_frame,
-        N: tl.constexpr,
-        HAS_RESIDUAL: tl.constexpr,
-        HAS_GATE: tl.constexpr,
-        G1_RND: tl.constexpr,
-        R_RND: tl.constexpr,
-        ONLINE_FMA: tl.constexpr,
-        CONST_K: tl.constexpr,
-    ):  # fmt: skip
-        # iteration k of ATen's per-thread loop: lane t takes vector k * 128 + t
-        vidx = k * 128 + lanes
-        active = vidx < N // 4
-        cols = vidx[:, None] * 4 + vec[None, :]
-        v = _norm_input_tile(
-            X, RES, GATE, row, bi, li, cols, active[:, None], stride_x,
-            stride_res, g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE,
-            G1_RND, R_RND,
-        )  # fmt: skip
-        v02, v13 = tl.split(tl.reshape(v, (128, 2, 2)))
+    def _welford_vec4(v, mean, m2, active, k, ONLINE_FMA: tl.constexpr):
+        # iteration k of ATen's per-thread loop over one [..., 128, 4] tile: the
+        # vector's four elements in order, 1/count folded to constants (each
+        # rounded once to fp32, as ATen's ``1.f / count``)
+        v02, v13 = tl.split(tl.reshape(v, v.shape[:-1] + [2, 2]))
         v0, v2 = tl.split(v02)
         v1, v3 = tl.split(v13)
-        if CONST_K:
-            # unrolled: 1/count folds to a constant, rounded once to fp32
-            r0 = 1.0 / (4 * k + 1)
-            r1 = 1.0 / (4 * k + 2)
-            r2 = 1.0 / (4 * k + 3)
-            r3 = 1.0 / (4 * k + 4)
-        else:
-            r0 = tl.load(RCP + 4 * k)
-            r1 = tl.load(RCP + 4 * k + 1)
-            r2 = tl.load(RCP + 4 * k + 2)
-            r3 = tl.load(RCP + 4 * k + 3)
-        mean, m2 = welford_online_update(v0, mean, m2, active, r0, ONLINE_FMA)
-        mean, m2 = welford_online_update(v1, mean, m2, active, r1, ONLINE_FMA)
-        mean, m2 = welford_online_update(v2, mean, m2, active, r2, ONLINE_FMA)
-        mean, m2 = welford_online_update(v3, mean, m2, active, r3, ONLINE_FMA)
-        n = tl.where(active, (k + 1) * 4.0, n)
-        return mean, m2, n
+        mean, m2 = welford_online_update(
+            v0, mean, m2, active, 1.0 / (4 * k + 1), ONLINE_FMA
+        )
+        mean, m2 = welford_online_update(
+            v1, mean, m2, active, 1.0 / (4 * k + 2), ONLINE_FMA
+        )
+        mean, m2 = welford_online_update(
+            v2, mean, m2, active, 1.0 / (4 * k + 3), ONLINE_FMA
+        )
+        mean, m2 = welford_online_update(
+            v3, mean, m2, active, 1.0 / (4 * k + 4), ONLINE_FMA
+        )
+        return mean, m2
 
     @triton.jit
     def _merge_scalar(
@@ -177,11 +157,143 @@ if triton is not None:
         )  # fmt: skip
 
     @triton.jit
+    def _tile_at(k, lanes, vec, row_ok, N: tl.constexpr, ROWS3: tl.constexpr):
+        # tile k as the kernel holds it: [128, 4] (a row over four warps), or
+        # [ROWS, 128, 4] (ROWS3: rows over one warp, rows past the end masked
+        # by row_ok); returns columns, load mask and the Welford lanes' mask
+        cols, active = _tile(k, lanes, vec, N)
+        if ROWS3:
+            mask = active[None, :, None] & row_ok
+            cols = cols[None, :, :]
+            active = active[None, :]
+        else:
+            mask = active[:, None]
+        return cols, mask, active
+
+    @triton.jit
+    def _param_tiles(
+        W, B, SCALE, SHIFT, cols, mask, bi, li, sc_sb, sc_sf, sc_sd, sc_frame,
+        sh_sb, sh_sf, sh_sd, sh_frame,
+        HAS_W: tl.constexpr,
+        HAS_B: tl.constexpr,
+        HAS_MOD: tl.constexpr,
+    ):  # fmt: skip
+        # what the output pass reads besides the norm's input (0.0: absent)
+        w = 0.0
+        bias = 0.0
+        scale = 0.0
+        shift = 0.0
+        if HAS_W:
+            w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            bias = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_MOD:
+            scale = _load_modulation(
+                SCALE, bi, li, cols, mask, sc_sb, sc_sf, sc_sd, sc_frame
+            )
+            shift = _load_modulation(
+                SHIFT, bi, li, cols, mask, sh_sb, sh_sf, sh_sd, sh_frame
+            )
+        return w, bias, scale, shift
+
+    @triton.jit
     def _output_tile(
-        X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, cols, mask, row, bi, li,
-        mean, rstd, stride_x, stride_res, stride_y, stride_res_out, g_sb, g_sf,
-        g_sd, g_frame, sc_sb, sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd,
-        sh_frame,
+        v, params, Y, RES_OUT, cols, mask, row, mean, rstd, stride_y,
+        stride_res_out,
+        HAS_RESIDUAL: tl.constexpr,
+        HAS_W: tl.constexpr,
+        HAS_B: tl.constexpr,
+        HAS_MOD: tl.constexpr,
+        R_RND: tl.constexpr,
+        S_RND: tl.constexpr,
+        M1_RND: tl.constexpr,
+        M_RND: tl.constexpr,
+        OUT_FMA: tl.constexpr,
+    ):  # fmt: skip
+        # one tile of the second pass: normalize the norm's input v, [modulate,]
+        # store (and store v as the residual output: storing it in the first
+        # pass instead was 1.1-1.4x slower for the residual module, H200)
+        w, bias, scale, shift = params
+        centered = v - mean
+        if HAS_W:
+            out = w * (rstd * centered)
+            if HAS_B:
+                if OUT_FMA:
+                    out = tl.fma(w, rstd * centered, bias)
+                else:
+                    out = out + bias
+        elif HAS_B:
+            # measured: ATen's build does not contract this one
+            out = rstd * centered + bias
+        else:
+            out = rstd * centered
+        # FP32LayerNorm hands the modulation its output in the norm's input dtype
+        out = round_fp32_to(out, R_RND)
+        if HAS_MOD:
+            out = round_fp32_to(out * round_fp32_to(scale + 1.0, S_RND), M1_RND)
+            out = round_fp32_to(out + shift, M_RND)
+        tl.store(Y + row * stride_y + cols, out.to(Y.dtype.element_ty), mask=mask)
+        if HAS_RESIDUAL:
+            tl.store(
+                RES_OUT + row * stride_res_out + cols,
+                v.to(RES_OUT.dtype.element_ty),
+                mask=mask,
+            )
+
+    @triton.jit
+    def _input_pass(
+        X, RES, GATE, W, B, SCALE, SHIFT, row, bi, li, lanes, vec, row_ok,
+        mean, m2, n, stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, sc_sb,
+        sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd, sh_frame,
+        N: tl.constexpr,
+        ITERS: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr,
+        HAS_GATE: tl.constexpr,
+        HAS_W: tl.constexpr,
+        HAS_B: tl.constexpr,
+        HAS_MOD: tl.constexpr,
+        G1_RND: tl.constexpr,
+        R_RND: tl.constexpr,
+        ONLINE_FMA: tl.constexpr,
+        KEEP: tl.constexpr,
+        PREFETCH: tl.constexpr,
+        ROWS3: tl.constexpr,
+    ):  # fmt: skip
+        # ATen's per-lane Welford over the row, statically unrolled so that all
+        # of a row's loads are in flight at once. KEEP returns the input tiles
+        # and PREFETCH the output pass's other operands (loaded here, before the
+        # statistics, instead of after them), as tuples indexed by tile.
+        tiles = ()
+        params = ()
+        for k in tl.static_range(ITERS):
+            cols, mask, act = _tile_at(k, lanes, vec, row_ok, N, ROWS3)
+            if PREFETCH:
+                params = params + (
+                    _param_tiles(
+                        W, B, SCALE, SHIFT, cols, mask, bi, li, sc_sb, sc_sf,
+                        sc_sd, sc_frame, sh_sb, sh_sf, sh_sd, sh_frame, HAS_W,
+                        HAS_B, HAS_MOD,
+                    ),
+                )  # fmt: skip
+            v = _norm_input_tile(
+                X, RES, GATE, row, bi, li, cols, mask, stride_x, stride_res,
+                g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND,
+                R_RND,
+            )  # fmt: skip
+            mean, m2 = _welford_vec4(v, mean, m2, act, k, ONLINE_FMA)
+            n = tl.where(act, (k + 1) * 4.0, n)
+            if KEEP:
+                tiles = tiles + (v,)
+        return mean, m2, n, tiles, params
+
+    @triton.jit
+    def _output_pass(
+        tiles, params, X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, row, bi,
+        li, lanes, vec, row_ok, mean, rstd, stride_x, stride_res, stride_y,
+        stride_res_out, g_sb, g_sf, g_sd, g_frame, sc_sb, sc_sf, sc_sd,
+        sc_frame, sh_sb, sh_sf, sh_sd, sh_frame,
+        N: tl.constexpr,
+        ITERS: tl.constexpr,
         HAS_RESIDUAL: tl.constexpr,
         HAS_GATE: tl.constexpr,
         HAS_W: tl.constexpr,
@@ -193,46 +305,34 @@ if triton is not None:
         M1_RND: tl.constexpr,
         M_RND: tl.constexpr,
         OUT_FMA: tl.constexpr,
+        KEEP: tl.constexpr,
+        PREFETCH: tl.constexpr,
+        ROWS3: tl.constexpr,
     ):  # fmt: skip
-        # one tile of the second pass: normalize, [modulate,] store
-        v = _norm_input_tile(
-            X, RES, GATE, row, bi, li, cols, mask, stride_x, stride_res,
-            g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
-        )  # fmt: skip
-        centered = v - mean
-        if HAS_W:
-            w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-            out = w * (rstd * centered)
-            if HAS_B:
-                bias = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-                if OUT_FMA:
-                    out = tl.fma(w, rstd * centered, bias)
-                else:
-                    out = out + bias
-        elif HAS_B:
-            # measured: ATen's build does not contract this one
-            bias = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-            out = rstd * centered + bias
-        else:
-            out = rstd * centered
-        # FP32LayerNorm hands the modulation its output in the norm's input dtype
-        out = round_fp32_to(out, R_RND)
-        if HAS_MOD:
-            sc = _load_modulation(
-                SCALE, bi, li, cols, mask, sc_sb, sc_sf, sc_sd, sc_frame
-            )
-            sh = _load_modulation(
-                SHIFT, bi, li, cols, mask, sh_sb, sh_sf, sh_sd, sh_frame
-            )
-            out = round_fp32_to(out * round_fp32_to(sc + 1.0, S_RND), M1_RND)
-            out = round_fp32_to(out + sh, M_RND)
-        tl.store(Y + row * stride_y + cols, out.to(Y.dtype.element_ty), mask=mask)
-        if HAS_RESIDUAL:
-            tl.store(
-                RES_OUT + row * stride_res_out + cols,
-                v.to(RES_OUT.dtype.element_ty),
-                mask=mask,
-            )
+        # the second pass over the row: what _input_pass kept, or loaded again
+        for k in tl.static_range(ITERS):
+            cols, mask, act = _tile_at(k, lanes, vec, row_ok, N, ROWS3)
+            if KEEP:
+                v = tiles[k]
+            else:
+                v = _norm_input_tile(
+                    X, RES, GATE, row, bi, li, cols, mask, stride_x,
+                    stride_res, g_sb, g_sf, g_sd, g_frame, HAS_RESIDUAL,
+                    HAS_GATE, G1_RND, R_RND,
+                )  # fmt: skip
+            if PREFETCH:
+                p = params[k]
+            else:
+                p = _param_tiles(
+                    W, B, SCALE, SHIFT, cols, mask, bi, li, sc_sb, sc_sf, sc_sd,
+                    sc_frame, sh_sb, sh_sf, sh_sd, sh_frame, HAS_W, HAS_B,
+                    HAS_MOD,
+                )  # fmt: skip
+            _output_tile(
+                v, p, Y, RES_OUT, cols, mask, row, mean, rstd, stride_y,
+                stride_res_out, HAS_RESIDUAL, HAS_W, HAS_B, HAS_MOD, R_RND,
+                S_RND, M1_RND, M_RND, OUT_FMA,
+            )  # fmt: skip
 
     @triton.jit
     def _fp32_norm_kernel(
@@ -247,7 +347,6 @@ if triton is not None:
         RES_OUT,
         MEAN,
         RSTD,
-        RCP,
         COEF,
         stride_x,
         stride_res,
@@ -284,7 +383,8 @@ if triton is not None:
         MERGE_MEAN_FMA: tl.constexpr,
         MERGE_M2_FMA: tl.constexpr,
         OUT_FMA: tl.constexpr,
-        DYN_LOOP: tl.constexpr,
+        KEEP: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):
         """One row per program: [residual + gate * x ->] fp32 LayerNorm [-> modulate].
 
@@ -303,20 +403,14 @@ if triton is not None:
         mean = tl.zeros([128], dtype=tl.float32)
         m2 = tl.zeros([128], dtype=tl.float32)
         n = tl.zeros([128], dtype=tl.float32)
-        if DYN_LOOP:
-            for k in range(ITERS):
-                mean, m2, n = _welford_tile(
-                    X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
-                    stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
-                    HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, False,
-                )  # fmt: skip
-        else:
-            for k in tl.static_range(ITERS):
-                mean, m2, n = _welford_tile(
-                    X, RES, GATE, RCP, k, row, bi, li, lanes, vec, mean, m2, n,
-                    stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, N,
-                    HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND, ONLINE_FMA, True,
-                )  # fmt: skip
+        row_ok = True
+        mean, m2, n, tiles, params = _input_pass(
+            X, RES, GATE, W, B, SCALE, SHIFT, row, bi, li, lanes, vec, row_ok,
+            mean, m2, n, stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, sc_sb,
+            sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd, sh_frame, N, ITERS,
+            HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD, G1_RND, R_RND,
+            ONLINE_FMA, KEEP, PREFETCH, False,
+        )  # fmt: skip
 
         mean, m2 = _merge_lanes(mean, m2, n, lanes, MERGE_MEAN_FMA, MERGE_M2_FMA)
         var = tl.math.div_rn(m2, tl.full(m2.shape, N, tl.float32))
@@ -324,20 +418,14 @@ if triton is not None:
         if STORE_STATS:
             tl.store(MEAN + row + lanes, mean, mask=lanes == 0)
             tl.store(RSTD + row + lanes, rstd, mask=lanes == 0)
-        mean = mean[:, None]
-        rstd = rstd[:, None]
-
-        for k in tl.range(ITERS, loop_unroll_factor=1 if DYN_LOOP else ITERS):
-            vidx = k * 128 + lanes
-            cols = vidx[:, None] * 4 + vec[None, :]
-            _output_tile(
-                X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, cols,
-                (vidx < N // 4)[:, None], row, bi, li, mean, rstd, stride_x,
-                stride_res, stride_y, stride_res_out, g_sb, g_sf, g_sd,
-                g_frame, sc_sb, sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd,
-                sh_frame, HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD,
-                G1_RND, R_RND, S_RND, M1_RND, M_RND, OUT_FMA,
-            )  # fmt: skip
+        _output_pass(
+            tiles, params, X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, row,
+            bi, li, lanes, vec, row_ok, mean[:, None], rstd[:, None], stride_x,
+            stride_res, stride_y, stride_res_out, g_sb, g_sf, g_sd, g_frame,
+            sc_sb, sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd, sh_frame, N,
+            ITERS, HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD, G1_RND, R_RND,
+            S_RND, M1_RND, M_RND, OUT_FMA, KEEP, PREFETCH, False,
+        )  # fmt: skip
 
     @triton.jit
     def _merge_warp_lanes(
@@ -382,7 +470,7 @@ if triton is not None:
 
     @triton.jit
     def _fp32_norm_rows_kernel(
-        X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, MEAN, RSTD, RCP, COEF,
+        X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, MEAN, RSTD, COEF,
         stride_x, stride_res, stride_y, stride_res_out, L,
         g_sb, g_sf, g_sd, g_frame, sc_sb, sc_sf, sc_sd, sc_frame,
         sh_sb, sh_sf, sh_sd, sh_frame, M, eps,
@@ -404,6 +492,8 @@ if triton is not None:
         MERGE_M2_FMA: tl.constexpr,
         OUT_FMA: tl.constexpr,
         ROWS: tl.constexpr,
+        KEEP: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):  # fmt: skip
         """``_fp32_norm_kernel`` as one warp (``num_warps=1``) over ROWS rows.
 
@@ -422,29 +512,13 @@ if triton is not None:
 
         mean = tl.zeros([ROWS, 128], dtype=tl.float32)
         m2 = tl.zeros([ROWS, 128], dtype=tl.float32)
-        for k in tl.static_range(ITERS):
-            cols, active = _tile(k, lanes, vec, N, True)
-            v = _norm_input_tile(
-                X, RES, GATE, row, bi, li, cols[None, :, :],
-                active[None, :, None] & row_ok, stride_x, stride_res, g_sb,
-                g_sf, g_sd, g_frame, HAS_RESIDUAL, HAS_GATE, G1_RND, R_RND,
-            )  # fmt: skip
-            v02, v13 = tl.split(tl.reshape(v, (ROWS, 128, 2, 2)))
-            v0, v2 = tl.split(v02)
-            v1, v3 = tl.split(v13)
-            act = active[None, :]
-            mean, m2 = welford_online_update(
-                v0, mean, m2, act, 1.0 / (4 * k + 1), ONLINE_FMA
-            )
-            mean, m2 = welford_online_update(
-                v1, mean, m2, act, 1.0 / (4 * k + 2), ONLINE_FMA
-            )
-            mean, m2 = welford_online_update(
-                v2, mean, m2, act, 1.0 / (4 * k + 3), ONLINE_FMA
-            )
-            mean, m2 = welford_online_update(
-                v3, mean, m2, act, 1.0 / (4 * k + 4), ONLINE_FMA
-            )
+        mean, m2, _, tiles, params = _input_pass(
+            X, RES, GATE, W, B, SCALE, SHIFT, row, bi, li, lanes, vec, row_ok,
+            mean, m2, m2, stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, sc_sb,
+            sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd, sh_frame, N, ITERS,
+            HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD, G1_RND, R_RND,
+            ONLINE_FMA, KEEP, PREFETCH, True,
+        )  # fmt: skip
 
         mean, m2 = _merge_warp_lanes(mean, m2, COEF, ROWS, MERGE_MEAN_FMA, MERGE_M2_FMA)
         var = tl.math.div_rn(m2, tl.full(m2.shape, N, tl.float32))
@@ -453,18 +527,14 @@ if triton is not None:
             first = (lanes[None, :] == 0) & (row1 < M)[:, None]
             tl.store(MEAN + row1[:, None] + lanes[None, :], mean, mask=first)
             tl.store(RSTD + row1[:, None] + lanes[None, :], rstd, mask=first)
-        mean = mean[:, :, None]
-        rstd = rstd[:, :, None]
-        for k in tl.static_range(ITERS):
-            cols, active = _tile(k, lanes, vec, N, True)
-            _output_tile(
-                X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, cols[None, :, :],
-                active[None, :, None] & row_ok, row, bi, li, mean, rstd,
-                stride_x, stride_res, stride_y, stride_res_out, g_sb, g_sf,
-                g_sd, g_frame, sc_sb, sc_sf, sc_sd, sc_frame, sh_sb, sh_sf,
-                sh_sd, sh_frame, HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD,
-                G1_RND, R_RND, S_RND, M1_RND, M_RND, OUT_FMA,
-            )  # fmt: skip
+        _output_pass(
+            tiles, params, X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, row,
+            bi, li, lanes, vec, row_ok, mean[:, :, None], rstd[:, :, None],
+            stride_x, stride_res, stride_y, stride_res_out, g_sb, g_sf, g_sd,
+            g_frame, sc_sb, sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd,
+            sh_frame, N, ITERS, HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD,
+            G1_RND, R_RND, S_RND, M1_RND, M_RND, OUT_FMA, KEEP, PREFETCH, True,
+        )  # fmt: skip
 
 else:
     _fp32_norm_kernel = _fp32_norm_rows_kernel = None
