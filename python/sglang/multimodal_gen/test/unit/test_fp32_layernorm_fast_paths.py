@@ -38,15 +38,17 @@ def triton_at_any_size(monkeypatch):
     monkeypatch.setattr(sel, "_TRITON_MIN_ELEMENTS", 0)
 
 
-@pytest.fixture(params=["block", "rows"])
+# the variants the plans take (kb._tuning); the interpreter test covers the rest
+KERNEL_VARIANTS = ("rows", "rows-keep", "block-keep", "block-keep-prefetch")
+
+
+@pytest.fixture(params=KERNEL_VARIANTS)
 def norm_kernel(request, monkeypatch):
-    """Each Triton kernel at every shape: four warps per row, or a warp per row
-    (which the plans otherwise take only for many rows of D <= 1536)."""
-    if request.param == "rows":
-        rows = {**kb._ROWS_TUNING, "MAX_D": kb._KERNEL_MAX_D, "MIN_ROWS": 0}
-    else:
-        rows = {**kb._ROWS_TUNING, "MAX_D": 0}
-    monkeypatch.setattr(kb, "_ROWS_TUNING", rows)
+    """Every kernel variant at every shape (the plans pick one by shape): four
+    warps per row or a warp per row, each loading the row's tiles and
+    operands in the output pass or holding them from the first (KEEP,
+    PREFETCH)."""
+    monkeypatch.setattr(kb, "_TUNING_OVERRIDE", kb._variant(request.param))
     monkeypatch.setattr(kb, "_PLANS", {})
     monkeypatch.setattr(sel, "_RUNNERS", {})
     return request.param
@@ -102,14 +104,28 @@ def layouts(rows, dim, dtype, device, gen):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("params", PARAMS)
 @pytest.mark.parametrize("dim", SWEEP_DIMS)
-@pytest.mark.parametrize("route", ["kernel", "aten"])
 def test_fp32_layer_norm_cuda_sweep_is_bit_identical(
-    dim, params, dtype, route, norm_kernel, monkeypatch
+    dim, params, dtype, norm_kernel, monkeypatch
 ):
-    # "kernel": the Triton kernel wherever it applies; "aten": size-gated off it
-    monkeypatch.setattr(
-        sel, "_TRITON_MIN_ELEMENTS", 0 if route == "kernel" else 1 << 62
-    )
+    """The Triton kernel wherever it applies, in each of its variants."""
+    monkeypatch.setattr(sel, "_TRITON_MIN_ELEMENTS", 0)
+    _sweep(dim, params, dtype, "kernel")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("dim", SWEEP_DIMS)
+def test_fp32_layer_norm_cuda_sweep_off_the_kernel_is_bit_identical(
+    dim, params, dtype, monkeypatch
+):
+    """Size-gated off the kernel: ATen's reduced kernel or the cached path."""
+    monkeypatch.setattr(sel, "_TRITON_MIN_ELEMENTS", 1 << 62)
+    _sweep(dim, params, dtype, "aten")
+
+
+def _sweep(dim, params, dtype, route):
     m = make_norm(dim, dtype, params)
     gen = torch.Generator().manual_seed(dim)
     taken = set()
@@ -277,6 +293,70 @@ def test_fused_modules_match_the_uncached_reference_at_wan_shape():
     want = (normed * (1 + scale) + shift).bfloat16()
     assert torch.equal(res_out, r.bfloat16())
     assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize(
+    "rows, dim, residual, modulated, variant",
+    [
+        (257, 5120, True, True, "block-keep-prefetch"),  # one wave: latency
+        (514, 1280, False, False, "block-keep-prefetch"),
+        (1028, 3072, False, False, "block-keep"),
+        (4096, 1280, False, False, "rows"),  # narrow rows, no residual
+        (75600, 1536, False, True, "rows"),
+        (4096, 1280, True, True, "block-keep"),
+        (32760, 1280, True, True, "rows-keep"),
+        (32760, 1536, True, True, "block-keep"),
+        (4096, 3072, False, True, "block-keep-prefetch"),  # LayerNormScaleShift
+        (4096, 5120, False, True, "block-keep"),
+        (75600, 5120, True, True, "block-keep"),
+        (75600, 5120, False, False, "block-keep"),
+    ],
+)
+def test_plans_take_the_measured_variant_per_regime(
+    rows, dim, residual, modulated, variant
+):
+    """The tuning table of fp32_layernorm_bitexact, as measured (H200)."""
+    assert kb._tuning(rows, dim, residual, modulated) == kb._variant(variant)
+
+
+def test_kernel_variant_names_parse_or_fail_in_one_line():
+    assert kb._variant("rows-keep") == {"ROWS": 1, "KEEP": True, "PREFETCH": False}
+    assert kb._variant("block") == {"KEEP": False, "PREFETCH": False}
+    for bad in ("warp", "rows-fast", "block-keep-keep-x"):
+        with pytest.raises(ValueError, match="unknown kernel variant"):
+            kb._variant(bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+@pytest.mark.parametrize("rows, dim", [(257, 1280), (16384, 1280), (4096, 5120)])
+def test_first_use_proof_runs_the_variant_the_call_takes(rows, dim, monkeypatch):
+    """The proof checks, on its own small input, the same kernel and knobs as
+    the call's plan; a configuration that differs only in its variant is
+    proven again."""
+    monkeypatch.setattr(sel, "_PROOFS", sel.ProofRegistry())
+    monkeypatch.setattr(sel, "_RUNNERS", {})
+    monkeypatch.setattr(kb, "_PLANS", {})
+    proved = []
+    real = sel._launch_fp32_norm
+
+    def spy(*args, tuning=None, **kwargs):
+        proved.append(tuning)
+        return real(*args, tuning=tuning, **kwargs)
+
+    monkeypatch.setattr(sel, "_launch_fp32_norm", spy)
+    m = make_norm(dim, torch.bfloat16, "fp32")
+    x = torch.randn(rows, dim, device="cuda").bfloat16()
+    lss = ln.LayerNormScaleShift(dim).cuda()
+    mod = torch.randn(1, 1, dim, device="cuda")
+    with torch.no_grad():
+        y = m(x)
+        out = lss(x[None], mod, mod)
+    assert torch.equal(y, reference(x, (dim,), m.weight, m.bias, m.eps))
+    assert torch.equal(out, lss.forward_native(x[None], mod, mod))
+    want = [plan.tuning for plan in kb._PLANS.values()]
+    assert len(want) == 2 and proved == want
 
 
 @pytest.mark.gpu
@@ -551,7 +631,7 @@ def test_plan_binds_after_its_first_launch_and_yields_to_hooks(monkeypatch):
     assert args[0] == x.data_ptr() and args[2] == x.data_ptr()
     assert args[3] == w.data_ptr() and args[4] == b.data_ptr()
     assert args[7] == y.data_ptr()  # the output allocated by that call
-    assert args[n_ptr - 2 : n_ptr] == (plan.rcp.data_ptr(), plan.coef.data_ptr())
+    assert args[n_ptr - 1] == plan.coef.data_ptr()
     assert args[n_ptr:] == (*plan.ints, 1e-6, *plan.tail)
     assert y.shape == x.shape and y.dtype == x.dtype
     launcher.hooked = True

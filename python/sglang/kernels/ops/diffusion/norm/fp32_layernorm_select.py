@@ -28,12 +28,12 @@ import torch.nn.functional as F
 
 from sglang.kernels.ops.diffusion.norm.fp32_layernorm_bitexact import (
     _aligned,
+    _launch_fp32_norm,
     _tensor_key,
+    _tuning,
     can_use_fp32_layernorm_bitexact,
     can_use_fused_layernorm_scale_shift_bitexact,
     fp32_layernorm_bitexact,
-    fused_layernorm_scale_shift_bitexact,
-    fused_scale_residual_layernorm_scale_shift_bitexact,
     plan_for,
     triton,
 )
@@ -253,12 +253,19 @@ def _single_pass_runner(x, shape, weight, bias, eps):
         def run(x, weight, bias, eps):
             return F.layer_norm(x, shape, weight, bias, eps)
 
-    elif x.is_contiguous():
-        run = plan_for(x.view(-1, x.shape[-1]), weight, bias, eps)
+        variant = None
     else:
-        run = fp32_layernorm_bitexact
+        dim = shape[0]
+        if x.is_contiguous():
+            run = plan_for(x.view(-1, dim), weight, bias, eps)
+            variant = run.tuning
+        else:  # a contiguous copy goes through the plan of its rows
+            run = fp32_layernorm_bitexact
+            variant = _tuning(x.numel() // max(dim, 1), dim, False, False)
 
-    key = (path, x.device, x.dtype, shape, _dtype_of(weight), _dtype_of(bias))
+    # the proof runs the kernel variant (kernel and knobs) this call takes
+    key = (path, x.device, x.dtype, shape, _dtype_of(weight), _dtype_of(bias),
+           _variant_key(variant))  # fmt: skip
     if not _PROOFS.verdict(key):
 
         def make_inputs():
@@ -271,7 +278,9 @@ def _single_pass_runner(x, shape, weight, bias, eps):
             return cx.view(rows, *shape), shape, cw, cb, eps
 
         def fast(x, shape, weight, bias, eps):
-            return _SINGLE_PASS[path](x, shape, weight, bias, eps)
+            if variant is None:
+                return F.layer_norm(x, shape, weight, bias, eps)
+            return _launch_fp32_norm(x, weight, bias, eps, tuning=variant)
 
         ok = _PROOFS.proven(key, x.device, fast, fp32_layernorm_reference, make_inputs)
         final = _PROOFS.verdict(key) is not None
@@ -279,11 +288,10 @@ def _single_pass_runner(x, shape, weight, bias, eps):
     return run, True
 
 
-def _triton_layer_norm(x, normalized_shape, weight, bias, eps):
-    return fp32_layernorm_bitexact(x, weight, bias, eps)
+def _variant_key(tuning: Optional[dict]) -> Optional[tuple]:
+    return None if tuning is None else tuple(sorted(tuning.items()))
 
 
-_SINGLE_PASS = {"aten_reduced": F.layer_norm, "triton": _triton_layer_norm}
 _UNKNOWN = object()
 
 
@@ -421,14 +429,6 @@ def _fused_reference(x, weight, bias, eps, residual, gate, scale, shift):
     return scale_residual_norm_scale_shift_chain(norm, residual, x, gate, shift, scale)
 
 
-def _fused_fast(x, weight, bias, eps, residual, gate, scale, shift):
-    if residual is None:
-        return fused_layernorm_scale_shift_bitexact(x, weight, bias, scale, shift, eps)
-    return fused_scale_residual_layernorm_scale_shift_bitexact(
-        residual, x, gate, weight, bias, scale, shift, eps
-    )
-
-
 def _fused_runner(x, weight, bias, eps, scale, shift, residual, gate):
     """``(plan or None, final)`` for the fused kernel, as ``_single_pass_runner``."""
     if not can_use_fused_layernorm_scale_shift_bitexact(
@@ -438,12 +438,18 @@ def _fused_runner(x, weight, bias, eps, scale, shift, residual, gate):
     if not x.is_contiguous() or not (residual is None or residual.is_contiguous()):
         return None, True  # the eager chain reads any layout as fast
     dim = x.shape[-1]
-    key = ("fused", x.device, x.dtype, dim, _dtype_of(weight), _dtype_of(bias),
-           _dtype_of(residual), _dtype_of(gate), scale.dtype,
-           shift.dtype)  # fmt: skip
     plan = plan_for(x, weight, bias, eps, residual, gate, scale, shift)
+    # the proof runs the kernel variant (kernel and knobs) this call takes
+    key = ("fused", x.device, x.dtype, dim, _dtype_of(weight), _dtype_of(bias),
+           _dtype_of(residual), _dtype_of(gate), scale.dtype, shift.dtype,
+           _variant_key(plan.tuning))  # fmt: skip
     if _PROOFS.verdict(key):
         return plan, True
+
+    def fast(x, weight, bias, eps, residual, gate, scale, shift):
+        return _launch_fp32_norm(x, weight, bias, eps, residual=residual,
+                                 gate=gate, scale=scale, shift=shift,
+                                 tuning=plan.tuning)  # fmt: skip
 
     def make_inputs():
         gen = torch.Generator(device=x.device).manual_seed(1245)
@@ -460,7 +466,7 @@ def _fused_runner(x, weight, bias, eps, scale, shift, residual, gate):
         return (rnd(x.dtype), cw, cb, eps, cres, mod_like(gate),
                 mod_like(scale), mod_like(shift))  # fmt: skip
 
-    ok = _PROOFS.proven(key, x.device, _fused_fast, _fused_reference, make_inputs)
+    ok = _PROOFS.proven(key, x.device, fast, _fused_reference, make_inputs)
     return (plan if ok else None), _PROOFS.verdict(key) is not None
 
 
