@@ -99,11 +99,21 @@ def layouts(rows, dim, dtype, device, gen):
     }
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("params", PARAMS)
-@pytest.mark.parametrize("dim", SWEEP_DIMS)
+def cuda_sweep(test):
+    """Every D of the sweep, parameter kind and reduced dtype, on CUDA."""
+    marks = (
+        pytest.mark.parametrize("dim", SWEEP_DIMS),
+        pytest.mark.parametrize("params", PARAMS),
+        pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16]),
+        pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"),
+        pytest.mark.gpu,
+    )
+    for mark in marks:
+        test = mark(test)
+    return test
+
+
+@cuda_sweep
 def test_fp32_layer_norm_cuda_sweep_is_bit_identical(
     dim, params, dtype, norm_kernel, monkeypatch
 ):
@@ -112,11 +122,7 @@ def test_fp32_layer_norm_cuda_sweep_is_bit_identical(
     _sweep(dim, params, dtype, "kernel")
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("params", PARAMS)
-@pytest.mark.parametrize("dim", SWEEP_DIMS)
+@cuda_sweep
 def test_fp32_layer_norm_cuda_sweep_off_the_kernel_is_bit_identical(
     dim, params, dtype, monkeypatch
 ):
