@@ -114,6 +114,9 @@ UPDATER_PINS=(
     zipp==4.1.2
 )
 TEST_PINS=(pytest==9.2.0 iniconfig==2.3.1 pluggy==1.7.0)
+# the plugin wheel is built in this venv without build isolation: its SPDX
+# license field needs setuptools >= 77 (Python 3.11's venv brings 65)
+BUILD_PINS=(setuptools==84.2.1)
 
 rm -rf "$venv"
 "$python" -m venv "$venv"
@@ -121,7 +124,7 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 # the CPU build first, so that nothing below can pull a CUDA one
 "${pip[@]}" "$TORCH_PIN"
 "${pip[@]}" --no-deps "$SGLANG_PIN" "${LIGHT_PINS[@]}" "${UPDATER_PINS[@]}" \
-    "${TEST_PINS[@]}"
+    "${TEST_PINS[@]}" "${BUILD_PINS[@]}"
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 mkdir "$site/torchvision"
 cat >"$site/torchvision/__init__.py" <<'PY'
