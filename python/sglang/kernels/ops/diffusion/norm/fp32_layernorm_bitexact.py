@@ -74,7 +74,9 @@ _ATEN_REPLAY = {
 }
 
 # Which kernel a plan launches, and its knobs; none changes a result bit (the
-# unit tests run every variant, the proof registry the one a plan takes):
+# GPU tests run each variant this table picks at every shape, the interpreter
+# test both kernels with and without the knobs, the proof registry the variant
+# a plan takes):
 # * ROWS: _fp32_norm_rows_kernel, one warp over ROWS rows, instead of
 #   _fp32_norm_kernel (four warps per row);
 # * KEEP: the row's input tiles stay in registers for the output pass instead
