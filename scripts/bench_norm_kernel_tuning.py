@@ -38,10 +38,12 @@ CASE_KINDS = (
     ("ScaleResidualLayerNormScaleShift", torch.float32),
 )
 # name -> the forced tuning (kb._variant); "default": the plans' own choice
-VARIANTS = {"default": None}
-for _suffix in ("", "-prefetch", "-keep", "-keep-prefetch"):
-    for _kernel in ("block", "rows"):
-        VARIANTS[_kernel + _suffix] = kb._variant(_kernel + _suffix)
+_NAMES = [
+    kernel + knobs
+    for knobs in ("", "-prefetch", "-keep", "-keep-prefetch")
+    for kernel in ("block", "rows")
+]
+VARIANTS = {"default": None, **{name: kb._variant(name) for name in _NAMES}}
 
 
 def use_variant(name: str) -> None:

@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     parser.add_argument("--arch", type=int, default=90, help="SM version (90: H100)")
     parser.add_argument("--dump", help="write ttgir/ptx per dim into this folder")
     args = parser.parse_args(argv)
-    tuning = {"KEEP": args.keep, "PREFETCH": args.prefetch}
+    tuning = kb._variant("block" + "-keep" * args.keep + "-prefetch" * args.prefetch)
     out = args.dump or "/tmp"
     os.makedirs(out, exist_ok=True)
     for dim in map(int, args.dims.split(",")):

@@ -13,6 +13,10 @@ import pytest
 
 pytest.importorskip("triton")
 
+from sglang.kernels.ops.diffusion.norm import (  # noqa: E402
+    fp32_layernorm_bitexact as kb,
+)
+
 _SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts/inspect_norm_kernel.py"
 
 
@@ -24,7 +28,8 @@ def inspect():
     return module
 
 
-PLAIN = {"KEEP": False, "PREFETCH": False}
+# neither knob: the kernels as they were before KEEP and PREFETCH
+PLAIN = kb._variant("block")
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -60,8 +65,6 @@ def test_variants_that_hold_the_row_do_not_spill(inspect, tmp_path, variant, dim
     """KEEP and PREFETCH hold a row's tiles in registers; where the plans take
     them (the widest fused rows included) that must not spill to local memory,
     which would add the memory traffic they are there to save."""
-    from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
-
     tuning = kb._variant(variant)
     rows = tuning.pop("ROWS", 0)
     compiled = inspect.compile_kernel(dim, True, tuning, 90, rows=rows)
