@@ -110,7 +110,9 @@ _TUNING_OVERRIDE: Optional[dict] = None  # tests and tools: one variant everywhe
 
 def _variant(name: str) -> dict:
     """The tuning named ``block`` or ``rows`` (the kernel), then optionally
-    ``-keep`` and ``-prefetch`` (the knobs): how tests and tools force one."""
+    ``-keep`` and ``-prefetch`` (the knobs): how the table names them and tests
+    and tools force one. The dict is complete (every knob present), and is
+    what ``_Plan`` hands the kernel as constexprs."""
     kernel, *knobs = name.split("-")
     if kernel not in ("block", "rows") or not set(knobs) <= {"keep", "prefetch"}:
         raise ValueError(f"unknown kernel variant {name!r}")
@@ -332,17 +334,15 @@ class _Plan:
             ints += (0, 0, 0, 1) if m is None else (*m.strides, m.frame)
         if tuning is None:
             tuning = _tuning(self.rows, dim, residual is not None, scale is not None)
-        knobs = {knob: tuning.get(knob, False) for knob in ("KEEP", "PREFETCH")}
+        self.tuning = tuning  # the variant, as _launch_fp32_norm's tuning
         if "ROWS" in tuning:
             per_program = tuning["ROWS"]
             self.launcher = _ROWS_LAUNCHER
             self.grid = ((self.rows + per_program - 1) // per_program, 1, 1)
             ints.append(self.rows)
-            knobs["ROWS"] = per_program
         else:
             self.launcher = _LAUNCHER
             self.grid = (self.rows, 1, 1)
-        self.tuning = knobs  # the variant, as _launch_fp32_norm's tuning
         self.ints = tuple(ints)
         self.constexprs = dict(
             N=dim,
@@ -359,7 +359,7 @@ class _Plan:
             M1_RND=code(m1_dtype),
             M_RND=code(m_dtype),
             **(_ATEN_REPLAY if replay is None else replay),
-            **knobs,
+            **tuning,
         )
         self.tail = self.launcher.tail(
             self.constexprs, _N_POINTER_ARGS + len(self.ints) + 1

@@ -45,9 +45,24 @@ if triton is not None:
 
     @triton.jit
     def _load_modulation(ptr, bi, li, cols, mask, stride_b, stride_f, stride_d, frame):
-        # a [B, F, D] view broadcast over the L rows of a batch, F = L // frame
+        # a [B, F, D] view broadcast over the L rows of a batch, F = L // frame.
+        # Every row of a frame reads the same modulation row: evict_last keeps
+        # it in L1 against the streamed rows (H200, see _load_row)
         offs = bi * stride_b + (li // frame) * stride_f + cols * stride_d
-        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        return tl.load(
+            ptr + offs, mask=mask, other=0.0, eviction_policy="evict_last"
+        ).to(tl.float32)
+
+    @triton.jit
+    def _load_row(ptr, offs, mask):
+        # x and the residual are read once (the kernels keep what they reuse
+        # in registers), so they stream through L2 only (.cg) and leave L1 to
+        # the modulation. Measured on an H200 against plain loads, with
+        # _load_modulation's evict_last: LayerNormScaleShift 32760x5120 with
+        # per-frame fp32 modulation 194 against 236 us, ScaleResidual 32760x5120
+        # 339 against 362 us, ScaleResidual 32760x1280 per-frame 100 against
+        # 121 us; no case slower.
+        return tl.load(ptr + offs, mask=mask, other=0.0, cache_modifier=".cg")
 
     @triton.jit
     def _norm_input_tile(
@@ -71,14 +86,14 @@ if triton is not None:
         R_RND: tl.constexpr,
     ):
         # the values the norm sees: x, or residual + x * gate rounded as eager would
-        v = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        v = _load_row(X, row * stride_x + cols, mask).to(tl.float32)
         if HAS_RESIDUAL:
             if HAS_GATE:
                 g = _load_modulation(
                     GATE, bi, li, cols, mask, g_sb, g_sf, g_sd, g_frame
                 )
                 v = round_fp32_to(v * g, G1_RND)
-            res = tl.load(RES + row * stride_res + cols, mask=mask, other=0.0)
+            res = _load_row(RES, row * stride_res + cols, mask)
             v = round_fp32_to(res.to(tl.float32) + v, R_RND)
         return v
 
