@@ -30,6 +30,7 @@ from sglang.kernels.ops.diffusion.norm.fp32_layernorm_bitexact import (
     _aligned,
     _launch_fp32_norm,
     _tensor_key,
+    _tuning,
     can_use_fp32_layernorm_bitexact,
     can_use_fused_layernorm_scale_shift_bitexact,
     fp32_layernorm_bitexact,
@@ -255,11 +256,16 @@ def _single_pass_runner(x, shape, weight, bias, eps):
         variant = None
     else:
         dim = shape[0]
-        rows = x if x.is_contiguous() else x.contiguous()
-        plan = plan_for(rows.view(-1, dim), weight, bias, eps)
-        variant = plan.tuning
-        # a non-contiguous x is copied per call, then takes this same plan
-        run = plan if rows is x else fp32_layernorm_bitexact
+        if x.is_contiguous():
+            run = plan_for(x.view(-1, dim), weight, bias, eps)
+            variant = run.tuning
+        else:
+            # a contiguous copy goes through the plan of its rows, whose variant
+            # _tuning gives; asking that plan here would need a copy of x, and
+            # under CUDA-graph capture (runner not final) every captured call
+            # would record it
+            run = fp32_layernorm_bitexact
+            variant = _tuning(x.numel() // max(dim, 1), dim, False, False)
 
     # the proof runs the kernel variant (kernel and knobs) this call takes
     key = (path, x.device, x.dtype, shape, _dtype_of(weight), _dtype_of(bias),
