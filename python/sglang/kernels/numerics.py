@@ -50,13 +50,16 @@ def welford_combine_coef(
     b_mean, b_m2, a_mean, a_m2, a_n, n_a, n_b, MEAN_FMA: tl.constexpr,
     M2_FMA: tl.constexpr,
 ):  # fmt: skip
-    """``welford_combine`` with its count arithmetic done beforehand.
+    """ATen's ``cuWelfordCombine(dataB, dataA)`` (B receives, A is incoming)
+    with its count arithmetic done beforehand.
 
-    The counts of a Welford merge do not depend on the data, so a kernel whose
-    counts are known per lane can precompute ``n_a = a_n * (1 / (a_n + b_n))``
-    and ``n_b`` (same roundings, in fp32) and skip the division. Both counts 0
-    must come in as ``a_n = n_a = n_b = 0``: with the empty states (0, 0) that
-    gives ATen's zero result without its guard.
+    The counts of a Welford merge do not depend on the data, so a kernel knows
+    ``n_a = a_n * (1 / (a_n + b_n))`` and ``n_b`` (same roundings, in fp32)
+    before it runs and skips ATen's division. Both counts 0 must come in as
+    ``a_n = n_a = n_b = 0``: with the empty states (0, 0) that gives ATen's
+    zero result without its guard. MEAN_FMA picks the contraction of ``n_a *
+    mean_a + n_b * mean_b`` (0: the first product fused, 1: the second, 2:
+    none); M2_FMA that of the m2 update.
     """
     delta = b_mean - a_mean
     if MEAN_FMA == 0:
@@ -72,28 +75,8 @@ def welford_combine_coef(
     return mean, m2
 
 
-@triton.jit
-def welford_combine(
-    b_mean, b_m2, b_n, a_mean, a_m2, a_n, MEAN_FMA: tl.constexpr, M2_FMA: tl.constexpr
-):
-    """ATen's ``cuWelfordCombine(dataB, dataA)``: B receives, A is incoming.
-
-    MEAN_FMA picks the contraction of ``n_a * mean_a + n_b * mean_b`` (0: the
-    first product fused, 1: the second, 2: none); M2_FMA that of the m2 update.
-    Empty merges (both counts 0) give zeros, as ATen's guard does.
-    """
-    n = a_n + b_n
-    coef = tl.math.div_rn(tl.full(n.shape, 1.0, tl.float32), n)
-    mean, m2 = welford_combine_coef(
-        b_mean, b_m2, a_mean, a_m2, a_n, a_n * coef, b_n * coef, MEAN_FMA, M2_FMA
-    )
-    nonempty = n > 0.0
-    return tl.where(nonempty, mean, 0.0), tl.where(nonempty, m2, 0.0), n
-
-
 __all__ = [
     "round_fp32_to",
-    "welford_combine",
     "welford_combine_coef",
     "welford_online_update",
 ]

@@ -50,6 +50,8 @@ import torch
 from sglang.kernels.ops.diffusion.norm.fp32_layernorm_triton import (
     _fp32_norm_kernel,
     _fp32_norm_rows_kernel,
+    lane_count,
+    merge_counts,
     triton,
 )
 
@@ -148,53 +150,37 @@ _COEFFICIENTS: dict = {}
 
 
 def _merge_coefficients(dim: int, device: torch.device) -> torch.Tensor:
-    """The count arithmetic of ATen's seven Welford merges for rows of ``dim``,
-    as ``_fp32_norm_rows_kernel`` reads it (the 4-warp kernel divides itself).
+    """The count arithmetic of ATen's five in-warp Welford merges (shfl_down by
+    16, 8, 4, 2, 1) for rows of ``dim``, for the kernels' merges at dims whose
+    warps mix lane counts (``dim / 4`` not a multiple of 32). Elsewhere, and
+    for ATen's step between warps at every dim, the kernels fold the same
+    numbers into constants (``merge_counts`` and its callers in the kernels
+    module), which is also what builds this table.
 
-    ``[14, 3, 128]`` fp32; the first seven: for merge stage s (shuffle offsets
-    16, 8, 4, 2, 1, then lanes + 64 and + 32 as ATen's warps 0+2 / 1+3 and 0+1;
-    the kernel reads stages 5 and 6 from here, at lanes 0 and 32) and receiving
-    lane t,
-    ``(a_n, n_a, n_b)`` with ``a_n`` the incoming count, ``coef = 1 / (a_n +
-    b_n)`` and ``n_x = x_n * coef``, each rounded to fp32 as ATen's
-    ``cuWelfordCombine`` rounds it (IEEE fp32 division and products, here on the
-    CPU). Exact for every lane, wrapped partners included, because the counts
-    depend only on ``dim`` and the lane: lane t owns ``ceil((dim / 4 - t) / 128)``
-    vectors of 4. Empty merges get zeros, which ``welford_combine_coef`` turns
-    into ATen's zero result. The last seven hold the same values with the
+    ``[10, 3, 128]`` fp32; the first five: for stage s and receiving ATen lane
+    t, ``(a_n, n_a, n_b)`` with ``a_n`` the incoming count, ``coef = 1 / (a_n
+    + b_n)`` and ``n_x = x_n * coef``, each rounded to fp32 as ATen's
+    ``cuWelfordCombine`` rounds it. Exact for every lane, wrapped partners
+    included, because the counts depend only on ``dim`` and the lane
+    (``lane_count``). Empty merges get zeros, which ``welford_combine_coef``
+    turns into ATen's zero result. The last five hold the same values with the
     lanes of each stage in the order ``4 * l + w`` for ATen's lane ``32 * w +
-    l`` (the kernel's in-warp stages 0-4 read these). Cached per (dim, device);
-    never written after.
+    l`` (``_fp32_norm_rows_kernel``'s threads hold lanes l, 32 + l, 64 + l and
+    96 + l). Cached per (dim, device); never written after.
     """
     key = (dim, device)
     table = _COEFFICIENTS.get(key)
     if table is not None:
         return table
-    lanes = torch.arange(128)
-    vectors = ((dim // 4 - lanes + 127) // 128).clamp(min=0)
-    counts = (4 * vectors).to(torch.float32)
+    counts = [lane_count(dim, lane) for lane in range(128)]
     stages = []
-    in_warp = [lanes - lanes % 32 + (lanes % 32 + off) % 32 for off in (16, 8, 4, 2, 1)]
-    for src in in_warp + [(lanes + 64) % 128, (lanes + 32) % 128]:
-        a_n, b_n = counts[src], counts
-        total = a_n + b_n
-        coef = torch.ones(128, dtype=torch.float32) / total
-        nonempty = total > 0
-        zero = torch.zeros_like(total)
-        stages.append(
-            torch.stack(
-                [
-                    torch.where(nonempty, a_n, zero),
-                    torch.where(nonempty, a_n * coef, zero),
-                    torch.where(nonempty, b_n * coef, zero),
-                ],
-            )
-        )
-        counts = total
+    for offset in (16, 8, 4, 2, 1):
+        src = [lane - lane % 32 + (lane % 32 + offset) % 32 for lane in range(128)]
+        merges = [merge_counts(counts[src[t]], counts[t]) for t in range(128)]
+        stages.append(torch.tensor(merges, dtype=torch.float32).T)
+        counts = [counts[src[t]] + counts[t] for t in range(128)]
     table = torch.stack(stages)
-    # a second copy with each stage's lanes reordered 32w + l -> 4l + w, for
-    # _fp32_norm_rows_kernel's threads that hold lanes l, 32 + l, 64 + l, 96 + l
-    by_lane = table.view(7, 3, 4, 32).transpose(2, 3).reshape(7, 3, 128)
+    by_lane = table.view(5, 3, 4, 32).transpose(2, 3).reshape(5, 3, 128)
     table = torch.cat([table, by_lane]).contiguous().to(device)
     return _COEFFICIENTS.setdefault(key, table)
 

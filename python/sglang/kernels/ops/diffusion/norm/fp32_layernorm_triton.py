@@ -5,11 +5,16 @@
 the numerics contract they implement).
 
 * ``_fp32_norm_kernel``: four warps per row, ATen's 128 lanes one per thread;
+  each warp's merged state crosses to the others once, through shared memory;
 * ``_fp32_norm_rows_kernel``: one warp over ROWS rows, each thread playing four
-  of ATen's lanes, so ATen's step between warps is done in registers.
+  of ATen's lanes, so ATen's step between warps needs no exchange at all.
 
 Both compute the same operations in the same order, so the same bits; which
-one a launch takes is a speed choice (``_tuning`` in the ops module).
+one a launch takes is a speed choice (``_tuning`` in the ops module). Neither
+divides in its merges: their count arithmetic depends only on D, so it is
+folded into compile-time constants (``merge_counts``; a table of the same
+numbers where a warp's lanes mix counts), and both run ATen's step between
+warps through ``_merge_warps``.
 Without Triton, ``triton`` is ``None`` and nothing here is defined.
 """
 
@@ -19,7 +24,6 @@ try:
 
     from sglang.kernels.numerics import (
         round_fp32_to,
-        welford_combine,
         welford_combine_coef,
         welford_online_update,
     )
@@ -28,6 +32,63 @@ except ImportError:  # CPU-only installs and platforms without Triton
     tl = None
 
 if triton is not None:
+
+    # The merges' count arithmetic, in plain Python: the kernels fold it into
+    # compile-time constants (constexpr functions), and _merge_coefficients
+    # builds its table from the same functions.
+
+    @triton.constexpr_function
+    def fp32_ratio(p, q):
+        """The fp32 nearest to ``p / q`` (positive integers, a normal fp32
+        result), ties to even: exact rational rounding, no double rounding."""
+        shift = 23 - (p.bit_length() - q.bit_length())
+        num, den = (p << shift, q) if shift >= 0 else (p, q << -shift)
+        if num < den << 23:
+            num, shift = num << 1, shift + 1
+        mant, rem = num // den, num % den
+        if 2 * rem > den or (2 * rem == den and mant % 2 == 1):
+            mant += 1
+        return mant * 2.0**-shift
+
+    @triton.constexpr_function
+    def merge_counts(a_n, b_n):
+        """The count arithmetic of ATen's ``cuWelfordCombine`` for counts known
+        in advance: ``(a_n, n_a, n_b)`` with ``coef = 1 / (a_n + b_n)`` and
+        ``n_x = x_n * coef``, each rounded to fp32 as ATen's fp32 code rounds
+        it (what ``welford_combine_coef`` takes); zeros for an empty merge."""
+        if a_n + b_n == 0:
+            return (0.0, 0.0, 0.0)
+        num, den = fp32_ratio(1, a_n + b_n).as_integer_ratio()
+        n_a = fp32_ratio(a_n * num, den) if a_n else 0.0
+        n_b = fp32_ratio(b_n * num, den) if b_n else 0.0
+        return (float(a_n), n_a, n_b)
+
+    @triton.constexpr_function
+    def lane_count(dim, lane):
+        """Elements ATen's lane ``lane`` reduces in a row of ``dim``: its
+        vectors of 4 are ``lane``, ``lane + 128``, ... below ``dim // 4``."""
+        return 4 * max(0, (dim // 4 - lane + 127) // 128)
+
+    @triton.constexpr_function
+    def warp_merge_count(dim, receiver, incoming, k):
+        """Entry ``k`` of ``merge_counts`` for ATen's step between warps;
+        ``receiver`` and ``incoming`` are bit masks of the ATen warps whose
+        merged states meet (0b0101: warps 0 and 2)."""
+        a_n = 0
+        b_n = 0
+        for warp in range(4):
+            for lane in range(32 * warp, 32 * warp + 32):
+                a_n += lane_count(dim, lane) * (incoming >> warp & 1)
+                b_n += lane_count(dim, lane) * (receiver >> warp & 1)
+        return merge_counts(a_n, b_n)[k]
+
+    @triton.constexpr_function
+    def shuffle_merge_count(dim, stage, lane, k):
+        """Entry ``k`` of ``merge_counts`` for ATen's in-warp stage ``stage``
+        (shfl_down by 16 >> stage) at ``lane``, in a warp whose lanes all have
+        ``lane``'s count (both sides then hold 2 ** stage times it)."""
+        count = lane_count(dim, lane) << stage
+        return merge_counts(count, count)[k]
 
     @triton.jit
     def _tile(k, lanes, vec, N: tl.constexpr):
@@ -98,45 +159,99 @@ if triton is not None:
         return v
 
     @triton.jit
-    def _merge_from(
-        mean,
-        m2,
-        n,
-        src,
-        AXIS: tl.constexpr,
-        MEAN_FMA: tl.constexpr,
+    def _merge_lanes(
+        mean, m2, lanes, COEF, N: tl.constexpr, MEAN_FMA: tl.constexpr,
         M2_FMA: tl.constexpr,
-    ):
-        # every lane receives lane src[lane] (a shfl_down / shared-memory read)
-        return welford_combine(
-            mean, m2, n,
-            tl.gather(mean, src, AXIS), tl.gather(m2, src, AXIS), tl.gather(n, src, AXIS),
+    ):  # fmt: skip
+        # ATen's order: shfl_down 16..1 inside each warp, then its step between
+        # warps. Lanes other than each warp's lane 0 also merge (wrapped
+        # partners), but nothing reads them. The gathers run on [4, 32] views,
+        # which are warp-local, so Triton lowers them to shuffles (reshape/split
+        # halvings instead got layouts replicated in every thread: 255
+        # registers, 3.7x the copy floor at D=5120); the merges run on the 1-D
+        # lanes, where a table's loads (_shuffle_counts) share the state's
+        # layout (as [4, 32] they got one of their own, and 48 more barriers).
+        lane = tl.reshape(lanes, (4, 32)) % 32
+        for stage in tl.static_range(5):
+            src = (lane + (16 >> stage)) % 32
+            incoming = (
+                tl.reshape(tl.gather(tl.reshape(mean, (4, 32)), src, 1), (128,)),
+                tl.reshape(tl.gather(tl.reshape(m2, (4, 32)), src, 1), (128,)),
+            )
+            a_n, n_a, n_b = _shuffle_counts(COEF + stage * 384 + lanes, lanes, stage, N)
+            mean, m2 = welford_combine_coef(
+                mean, m2, incoming[0], incoming[1], a_n, n_a, n_b, MEAN_FMA, M2_FMA
+            )
+        # each warp's lane 0, to every thread: one exchange through shared
+        # memory, after which the step between warps runs in registers (as
+        # gathers over the 128 lanes it took 15 barriers in all; now 3)
+        first = tl.zeros((4, 1), tl.int32)
+        mean01, mean23 = _warp_pairs(tl.gather(tl.reshape(mean, (4, 32)), first, 1))
+        m2_01, m2_23 = _warp_pairs(tl.gather(tl.reshape(m2, (4, 32)), first, 1))
+        mean0, mean1 = _halves(mean01)
+        mean2, mean3 = _halves(mean23)
+        m2_0, m2_1 = _halves(m2_01)
+        m2_2, m2_3 = _halves(m2_23)
+        mean, m2 = _merge_warps(
+            (mean0, m2_0), (mean1, m2_1), (mean2, m2_2), (mean3, m2_3), N,
             MEAN_FMA, M2_FMA,
         )  # fmt: skip
+        return tl.broadcast_to(mean, (128,)), tl.broadcast_to(m2, (128,))
 
     @triton.jit
-    def _merge_lanes(mean, m2, n, lanes, MEAN_FMA: tl.constexpr, M2_FMA: tl.constexpr):
-        # ATen's order: shfl_down 16..1 inside each warp, then warps 0+2, 1+3 and
-        # 0+1. Lanes other than 0 also merge (wrapped partners) but lane 0 never
-        # reads them, and only lane 0's result is used. As [4, 32] the in-warp
-        # gathers are warp-local, which Triton lowers to shuffles; reshape/split
-        # halvings instead got layouts replicated in every thread (255 registers,
-        # 3.7x the copy floor at D=5120).
-        mean = tl.reshape(mean, (4, 32))
-        m2 = tl.reshape(m2, (4, 32))
-        n = tl.reshape(n, (4, 32))
-        lane = tl.reshape(lanes, (4, 32)) % 32
-        for shift in tl.static_range(5):
-            src = (lane + (16 >> shift)) % 32
-            mean, m2, n = _merge_from(mean, m2, n, src, 1, MEAN_FMA, M2_FMA)
-        mean = tl.reshape(mean, (128,))
-        m2 = tl.reshape(m2, (128,))
-        n = tl.reshape(n, (128,))
-        mean, m2, n = _merge_from(mean, m2, n, (lanes + 64) % 128, 0, MEAN_FMA, M2_FMA)
-        mean, m2, n = _merge_from(mean, m2, n, (lanes + 32) % 128, 0, MEAN_FMA, M2_FMA)
-        # broadcast lane 0
-        first = lanes * 0
-        return tl.gather(mean, first, 0), tl.gather(m2, first, 0)
+    def _shuffle_counts(table, aten_lane, stage: tl.constexpr, N: tl.constexpr):
+        # (a_n, n_a, n_b) of in-warp stage ``stage`` at each ATen lane. Where
+        # every warp's lanes share one count (N / 4 a multiple of 32: all of
+        # Wan's widths) they are compile-time constants, one value for the
+        # lanes below N / 4 % 128 and one above; else _merge_coefficients'
+        # entries at ``table``. Constants, because the merges are one serial
+        # chain: an L1 load per stage is as long on it as a division (H200)
+        if (N // 4) % 32 == 0:
+            first = aten_lane < (N // 4) % 128
+            a_n = tl.where(
+                first, shuffle_merge_count(N, stage, 0, 0),
+                shuffle_merge_count(N, stage, 127, 0),
+            )  # fmt: skip
+            n_a = tl.where(
+                first, shuffle_merge_count(N, stage, 0, 1),
+                shuffle_merge_count(N, stage, 127, 1),
+            )  # fmt: skip
+            n_b = n_a  # equal counts
+        else:
+            a_n = tl.load(table)
+            n_a = tl.load(table + 128)
+            n_b = tl.load(table + 256)
+        return a_n, n_a, n_b
+
+    @triton.jit
+    def _warp_pairs(w):
+        # [4, 1] values, one per warp -> ([w0, w1], [w2, w3])
+        return tl.split(tl.permute(tl.reshape(w, (2, 2)), (1, 0)))
+
+    @triton.jit
+    def _halves(w):
+        # [w0, w1] -> ([w0], [w1])
+        return tl.split(tl.reshape(w, (1, 2)))
+
+    @triton.jit
+    def _merge_warps(w0, w1, w2, w3, N: tl.constexpr, MEAN_FMA: tl.constexpr,
+                     M2_FMA: tl.constexpr):  # fmt: skip
+        # ATen's step between its four warps, on each warp's (mean, m2): warps
+        # 0 <- 2 and 1 <- 3, then 0 <- 1; their counts are compile-time constants
+        b = _merge_const(w0, w2, N, 0b0001, 0b0100, MEAN_FMA, M2_FMA)
+        a = _merge_const(w1, w3, N, 0b0010, 0b1000, MEAN_FMA, M2_FMA)
+        return _merge_const(b, a, N, 0b0101, 0b1010, MEAN_FMA, M2_FMA)
+
+    @triton.jit
+    def _merge_const(
+        b, a, N: tl.constexpr, B_WARPS: tl.constexpr, A_WARPS: tl.constexpr,
+        MEAN_FMA: tl.constexpr, M2_FMA: tl.constexpr,
+    ):  # fmt: skip
+        return welford_combine_coef(
+            b[0], b[1], a[0], a[1], warp_merge_count(N, B_WARPS, A_WARPS, 0),
+            warp_merge_count(N, B_WARPS, A_WARPS, 1),
+            warp_merge_count(N, B_WARPS, A_WARPS, 2), MEAN_FMA, M2_FMA,
+        )  # fmt: skip
 
     @triton.jit
     def _welford_vec4(v, mean, m2, active, k, ONLINE_FMA: tl.constexpr):
@@ -159,17 +274,6 @@ if triton is not None:
             v3, mean, m2, active, 1.0 / (4 * k + 4), ONLINE_FMA
         )
         return mean, m2
-
-    @triton.jit
-    def _merge_scalar(
-        COEF, stage, lane, b, a, MEAN_FMA: tl.constexpr, M2_FMA: tl.constexpr
-    ):
-        # a cross-warp merge; its counts are those of the receiving lane
-        base = COEF + stage * 384 + lane
-        return welford_combine_coef(
-            b[0], b[1], a[0], a[1], tl.load(base), tl.load(base + 128),
-            tl.load(base + 256), MEAN_FMA, M2_FMA,
-        )  # fmt: skip
 
     @triton.jit
     def _tile_at(k, lanes, vec, row_ok, N: tl.constexpr, ROWS3: tl.constexpr):
@@ -258,8 +362,8 @@ if triton is not None:
     @triton.jit
     def _input_pass(
         X, RES, GATE, W, B, SCALE, SHIFT, row, bi, li, lanes, vec, row_ok,
-        mean, m2, n, stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, sc_sb,
-        sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd, sh_frame,
+        mean, m2, stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, sc_sb, sc_sf,
+        sc_sd, sc_frame, sh_sb, sh_sf, sh_sd, sh_frame,
         N: tl.constexpr,
         ITERS: tl.constexpr,
         HAS_RESIDUAL: tl.constexpr,
@@ -296,10 +400,9 @@ if triton is not None:
                 R_RND,
             )  # fmt: skip
             mean, m2 = _welford_vec4(v, mean, m2, act, k, ONLINE_FMA)
-            n = tl.where(act, (k + 1) * 4.0, n)
             if KEEP:
                 tiles = tiles + (v,)
-        return mean, m2, n, tiles, params
+        return mean, m2, tiles, params
 
     @triton.jit
     def _output_pass(
@@ -417,17 +520,16 @@ if triton is not None:
 
         mean = tl.zeros([128], dtype=tl.float32)
         m2 = tl.zeros([128], dtype=tl.float32)
-        n = tl.zeros([128], dtype=tl.float32)
         row_ok = True
-        mean, m2, n, tiles, params = _input_pass(
+        mean, m2, tiles, params = _input_pass(
             X, RES, GATE, W, B, SCALE, SHIFT, row, bi, li, lanes, vec, row_ok,
-            mean, m2, n, stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, sc_sb,
+            mean, m2, stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, sc_sb,
             sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd, sh_frame, N, ITERS,
             HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD, G1_RND, R_RND,
             ONLINE_FMA, KEEP, PREFETCH, False,
         )  # fmt: skip
 
-        mean, m2 = _merge_lanes(mean, m2, n, lanes, MERGE_MEAN_FMA, MERGE_M2_FMA)
+        mean, m2 = _merge_lanes(mean, m2, lanes, COEF, N, MERGE_MEAN_FMA, MERGE_M2_FMA)
         var = tl.math.div_rn(m2, tl.full(m2.shape, N, tl.float32))
         rstd = tl.math.rsqrt(var + eps)
         if STORE_STATS:
@@ -444,8 +546,8 @@ if triton is not None:
 
     @triton.jit
     def _merge_warp_lanes(
-        mean, m2, COEF, ROWS: tl.constexpr, MEAN_FMA: tl.constexpr,
-        M2_FMA: tl.constexpr,
+        mean, m2, COEF, N: tl.constexpr, ROWS: tl.constexpr,
+        MEAN_FMA: tl.constexpr, M2_FMA: tl.constexpr,
     ):  # fmt: skip
         # _merge_lanes for [ROWS, 128] states held by one warp (its lane l holds
         # ATen's lanes l, 32 + l, 64 + l and 96 + l): the same merges in the
@@ -454,16 +556,18 @@ if triton is not None:
         mean = tl.reshape(mean, (ROWS, 4, 32))
         m2 = tl.reshape(m2, (ROWS, 4, 32))
         lane = tl.arange(0, 32)[None, None, :]
+        warp = tl.arange(0, 4)[None, :, None]
         # the table's second copy is lane-major, ATen's lane 32w + l at 4l + w,
         # so a thread's four entries are one 16-byte load in the state's layout
-        aten_lanes = lane * 4 + tl.arange(0, 4)[None, :, None]
+        lane_major = COEF + 5 * 384 + lane * 4 + warp
         for stage in tl.static_range(5):
             src = tl.broadcast_to((lane + (16 >> stage)) % 32, (ROWS, 4, 32))
-            base = COEF + 7 * 384 + stage * 384 + aten_lanes
+            a_n, n_a, n_b = _shuffle_counts(
+                lane_major + stage * 384, warp * 32 + lane, stage, N
+            )
             mean, m2 = welford_combine_coef(
-                mean, m2, tl.gather(mean, src, 2), tl.gather(m2, src, 2),
-                tl.load(base), tl.load(base + 128), tl.load(base + 256),
-                MEAN_FMA, M2_FMA,
+                mean, m2, tl.gather(mean, src, 2), tl.gather(m2, src, 2), a_n,
+                n_a, n_b, MEAN_FMA, M2_FMA,
             )  # fmt: skip
         # [ROWS, 32, 2, 2]: ATen's warp w = 2a + b on the last two axes
         mean_02, mean_13 = tl.split(
@@ -474,9 +578,10 @@ if triton is not None:
         mean1, mean3 = tl.split(mean_13)
         m2_0, m2_2 = tl.split(m2_02)
         m2_1, m2_3 = tl.split(m2_13)
-        b = _merge_scalar(COEF, 5, 0, (mean0, m2_0), (mean2, m2_2), MEAN_FMA, M2_FMA)
-        a = _merge_scalar(COEF, 5, 32, (mean1, m2_1), (mean3, m2_3), MEAN_FMA, M2_FMA)
-        mean, m2 = _merge_scalar(COEF, 6, 0, b, a, MEAN_FMA, M2_FMA)
+        mean, m2 = _merge_warps(
+            (mean0, m2_0), (mean1, m2_1), (mean2, m2_2), (mean3, m2_3), N,
+            MEAN_FMA, M2_FMA,
+        )  # fmt: skip
         # lane 0's result to every lane, then to all four of its ATen lanes
         first = tl.zeros((ROWS, 32), tl.int32)
         mean = tl.broadcast_to(tl.gather(mean, first, 1)[:, None, :], (ROWS, 4, 32))
@@ -527,15 +632,17 @@ if triton is not None:
 
         mean = tl.zeros([ROWS, 128], dtype=tl.float32)
         m2 = tl.zeros([ROWS, 128], dtype=tl.float32)
-        mean, m2, _, tiles, params = _input_pass(
+        mean, m2, tiles, params = _input_pass(
             X, RES, GATE, W, B, SCALE, SHIFT, row, bi, li, lanes, vec, row_ok,
-            mean, m2, m2, stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, sc_sb,
+            mean, m2, stride_x, stride_res, g_sb, g_sf, g_sd, g_frame, sc_sb,
             sc_sf, sc_sd, sc_frame, sh_sb, sh_sf, sh_sd, sh_frame, N, ITERS,
             HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD, G1_RND, R_RND,
             ONLINE_FMA, KEEP, PREFETCH, True,
         )  # fmt: skip
 
-        mean, m2 = _merge_warp_lanes(mean, m2, COEF, ROWS, MERGE_MEAN_FMA, MERGE_M2_FMA)
+        mean, m2 = _merge_warp_lanes(
+            mean, m2, COEF, N, ROWS, MERGE_MEAN_FMA, MERGE_M2_FMA
+        )
         var = tl.math.div_rn(m2, tl.full(m2.shape, N, tl.float32))
         rstd = tl.math.rsqrt(var + eps)
         if STORE_STATS:
@@ -553,3 +660,4 @@ if triton is not None:
 
 else:
     _fp32_norm_kernel = _fp32_norm_rows_kernel = None
+    lane_count = merge_counts = None
