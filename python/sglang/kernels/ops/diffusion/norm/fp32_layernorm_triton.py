@@ -15,12 +15,14 @@ divides in its merges: their count arithmetic depends only on D, so it is
 folded into compile-time constants (``merge_counts``; a table of the same
 numbers where a warp's lanes mix counts), and both run ATen's step between
 warps through ``_merge_warps``.
-Without Triton, ``triton`` is ``None`` and nothing here is defined.
+Without Triton (or with one older than 3.5, which lacks ``constexpr_function``),
+``triton`` is ``None`` and nothing here is defined.
 """
 
 try:
     import triton
     import triton.language as tl
+    from triton import constexpr_function
 
     from sglang.kernels.numerics import (
         round_fp32_to,
@@ -37,7 +39,7 @@ if triton is not None:
     # compile-time constants (constexpr functions), and _merge_coefficients
     # builds its table from the same functions.
 
-    @triton.constexpr_function
+    @constexpr_function
     def fp32_ratio(p, q):
         """The fp32 nearest to ``p / q`` (positive integers, a normal fp32
         result), ties to even: exact rational rounding, no double rounding."""
@@ -50,7 +52,7 @@ if triton is not None:
             mant += 1
         return mant * 2.0**-shift
 
-    @triton.constexpr_function
+    @constexpr_function
     def merge_counts(a_n, b_n):
         """The count arithmetic of ATen's ``cuWelfordCombine`` for counts known
         in advance: ``(a_n, n_a, n_b)`` with ``coef = 1 / (a_n + b_n)`` and
@@ -63,13 +65,13 @@ if triton is not None:
         n_b = fp32_ratio(b_n * num, den) if b_n else 0.0
         return (float(a_n), n_a, n_b)
 
-    @triton.constexpr_function
+    @constexpr_function
     def lane_count(dim, lane):
         """Elements ATen's lane ``lane`` reduces in a row of ``dim``: its
         vectors of 4 are ``lane``, ``lane + 128``, ... below ``dim // 4``."""
         return 4 * max(0, (dim // 4 - lane + 127) // 128)
 
-    @triton.constexpr_function
+    @constexpr_function
     def warp_merge_count(dim, receiver, incoming, k):
         """Entry ``k`` of ``merge_counts`` for ATen's step between warps;
         ``receiver`` and ``incoming`` are bit masks of the ATen warps whose
@@ -82,7 +84,7 @@ if triton is not None:
                 b_n += lane_count(dim, lane) * (receiver >> warp & 1)
         return merge_counts(a_n, b_n)[k]
 
-    @triton.constexpr_function
+    @constexpr_function
     def shuffle_merge_count(dim, stage, lane, k):
         """Entry ``k`` of ``merge_counts`` for ATen's in-warp stage ``stage``
         (shfl_down by 16 >> stage) at ``lane``, in a warp whose lanes all have
