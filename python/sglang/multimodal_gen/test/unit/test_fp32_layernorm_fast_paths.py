@@ -7,11 +7,7 @@ They also assert the fast path was really taken, so a silent fallback cannot
 pass. CPU cases check that the CPU stays on the cached route and the env switch.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +21,8 @@ from sglang.kernels.ops.diffusion import (
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_select as sel
 from sglang.multimodal_gen.runtime.layers import layernorm as ln
+
+from _shared import run_python
 
 HAS_CUDA = torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(kb.triton is None, reason="needs Triton")
@@ -476,12 +474,7 @@ def test_reference_switch_is_read_from_the_environment(value, expected):
         print(fp32_layernorm_path(x, (8,), m.weight, m.bias))
         """
     )
-    env = dict(os.environ, **{FP32_LAYERNORM_REFERENCE_ENV: value})
-    # this tree's python/ dir first, so the child imports the same module
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(ln.__file__).parents[4])] + sys.path)
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True
-    )
+    out = run_python(code, env={FP32_LAYERNORM_REFERENCE_ENV: value})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == expected
 

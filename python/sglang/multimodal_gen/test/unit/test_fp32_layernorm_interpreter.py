@@ -15,20 +15,16 @@ the GPU tests can see.
 """
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from _shared import run_python
 
 try:
     import triton  # noqa: F401
 except ImportError:
     triton = None
-
-PYTHON_DIR = Path(__file__).resolve().parents[4]
 
 # the replay and the cases run in a child: the interpreter is chosen when the
 # kernel module is imported
@@ -185,15 +181,7 @@ def test_kernel_matches_a_replay_of_its_algorithm_under_the_interpreter(kernel):
     """Both kernels, a warp per row and four warps per row, each loading the
     row's tiles and operands in the output pass, or with them kept in registers
     from the first pass (KEEP, PREFETCH)."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(PYTHON_DIR)] + sys.path)
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, kernel],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_python(CHILD, kernel, env={"TRITON_INTERPRET": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["cases_bad"] == []

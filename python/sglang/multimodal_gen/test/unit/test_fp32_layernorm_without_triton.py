@@ -7,15 +7,11 @@ path falls back to torch, still bit-identical to the reference. Each case runs
 in a fresh interpreter, since the kernels module decides at import.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+from _shared import run_python
 
 CHILD = textwrap.dedent(
     """
@@ -53,12 +49,5 @@ CHILD = textwrap.dedent(
 def test_norm_imports_and_is_exact_without_a_usable_triton(triton):
     if triton == "before-3.5":
         pytest.importorskip("triton")
-    env = {**os.environ, "PYTHONPATH": str(PYTHON_DIR)}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, triton],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_python(CHILD, triton, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
