@@ -4,14 +4,16 @@
 Without Triton, or with a Triton older than 3.5 (no ``constexpr_function``,
 which the kernels' merge counts need), the kernels are not defined and every
 path falls back to torch, still bit-identical to the reference. Each case runs
-in a fresh interpreter, since the kernels module decides at import.
+in a fresh interpreter, since the kernels module decides at import. A property
+of this tree, not of an SGLang install (upstream's own modules import Triton),
+so it lives here and not among the unit tests that the export runs there.
 """
 
 import textwrap
 
 import pytest
 
-from _shared import run_python
+from sglang.multimodal_gen.test.unit._shared import run_python
 
 CHILD = textwrap.dedent(
     """
