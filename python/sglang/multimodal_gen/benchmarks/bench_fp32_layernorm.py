@@ -14,9 +14,9 @@ fp32 reference (for the fused modules: the eager chain with that reference):
   ``upstream 0.5.23 CuTe`` (``sglang_upstream_norm.scale_residual_norm_cutedsl``)
   where it imports (CUDA, after the GPU machine's prep step).
 
-Three numbers per case and variant, each taken once per round; rounds interleave
+Three numbers per case and variant, taken in every round; rounds interleave
 the variants (round-robin, rotated start) and every number is reported as the
-median with its [min, max] over rounds:
+median with its [min, max] over its samples:
 
 * ``graph``: CUDA-graph replay (n calls captured after warm-up, timed with events,
   divided by n; "n/a" with the reason in the JSON where capture fails or on CPU).
@@ -25,7 +25,8 @@ median with its [min, max] over rounds:
 * ``bench``: ``triton.testing.do_bench`` median on CUDA (inputs rotate through
   sets larger than L2), a perf_counter median of single calls on CPU;
 * ``host``: microseconds per call of a plain loop of n calls, synchronized only
-  before and after the loop.
+  before and after the loop; each round runs k such loops per variant, the
+  variants' loops alternating, and each loop is a sample (CUDA: k=5, n=10).
 
 Times are also given as ratios to the floor (bytes each input read once plus each
 output written once, over the copy bandwidth measured in the same run) and to the
@@ -342,12 +343,18 @@ def run_case(case, device, bandwidth, timer, rounds, cute, errors) -> list:
         samples = {name: ([], [], []) for name in fns}
         names = list(fns)
         for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
                 bench, host, graph = samples[name]
                 bench.append(timer.bench(fns[name], rotation))
-                host.append(timer.host(fns[name], rotation))
                 if graphs[name][0] is not None:
                     graph.append(timer.replay(*graphs[name]))
+            # the host drifts over seconds (one variant's loops ranged 11-18 us
+            # within a case on the H200), so the variants' host loops alternate
+            # in short blocks: a ratio of two variants sees the same host
+            for b in range(timer.host_blocks):
+                for name in order[b % len(order) :] + order[: b % len(order)]:
+                    samples[name][1].append(timer.host(fns[name], rotation))
         graph_na = {name: g[1] for name, g in graphs.items() if g[0] is None}
         graphs.clear()  # free the graphs' memory pools
         path = path_name(case, m, sample)
@@ -580,7 +587,8 @@ def markdown(results: list[Result], meta: dict) -> str:
             lines.append(f"| {label} | {limit} | {value} | {verdict} | {case} |")
         lines.append("")
     lines += [
-        "Times in us: median [min-max] over rounds; x floor / x base: ratio to the "
+        "Times in us: median [min-max] over rounds (host: over its loops); "
+        "x floor / x base: ratio to the "
         "copy floor / to the baseline variant; x peer: default's GPU time over "
         "the peer's (upstream class or CuTe); differing: share of output "
         "elements not bit-identical to the reference.",

@@ -2,11 +2,12 @@
 """Timing, ulp and plotting helpers of ``bench_fp32_layernorm``.
 
 Nothing here touches the layernorm module: the benchmark's adapter section does.
-Three numbers per variant, each taken once per round (rounds interleave variants):
+Three numbers per variant, taken in every round (rounds interleave variants):
 
 * ``graph``: CUDA-graph replay of ``n`` captured calls, timed with events, / n;
 * ``host``: a plain loop of ``n`` calls without synchronizing inside, / n
-  (``perf_counter`` around the loop; synchronized before and after);
+  (``perf_counter`` around the loop; synchronized before and after), run
+  ``host_blocks`` times per round with the variants' loops alternating;
 * ``bench``: ``triton.testing.do_bench`` median on CUDA, a ``perf_counter``
   median of single calls on CPU.
 """
@@ -88,7 +89,9 @@ class Timer:
         self.warmup_ms, self.rep_ms = (5, 15) if quick else (5, 25)
         # CPU: the default run stays well inside a minute on two shared cores
         self.cpu_calls = 1 if quick else 2
-        self.host_calls = (20 if quick else 50) if self.cuda else self.cpu_calls
+        # host: per round, host_blocks loops of host_calls calls per variant
+        self.host_calls = (5 if quick else 10) if self.cuda else self.cpu_calls
+        self.host_blocks = (4 if quick else 5) if self.cuda else 1
 
     def sync(self) -> None:
         if self.cuda:
