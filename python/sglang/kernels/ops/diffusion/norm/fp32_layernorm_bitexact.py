@@ -104,6 +104,9 @@ _ATEN_REPLAY = {
 #   _MANY_ROWS rows (32760x1280 1.18x against 1.40x); ScaleResidual at
 #   D = 1536 is fastest with four warps per row and KEEP (32760x1536 1.10x
 #   against 1.16x).
+# Session 10 timed every variant again at the shapes that still trail
+# upstream's CuTe kernel: the choices above were the fastest, or within 1%,
+# in five of eight, and no variant closed a miss (docs/kernel-notes.md).
 _FEW_ELEMENTS = 3 << 19
 _MID_ELEMENTS = 1 << 24
 _MANY_ROWS = 4096
