@@ -95,7 +95,7 @@ def run_case(case, variants, timer, bandwidth, rounds, cute) -> dict:
         times = {name: [] for name in graphs}
         names = list(graphs)
         for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
+            for name in nu.rotated(names, r):
                 if graphs[name][0] is not None:
                     times[name].append(timer.replay(*graphs[name]))
         graphs.clear()

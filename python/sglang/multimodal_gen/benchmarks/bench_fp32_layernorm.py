@@ -343,7 +343,7 @@ def run_case(case, device, bandwidth, timer, rounds, cute, errors) -> list:
         samples = {name: ([], [], []) for name in fns}
         names = list(fns)
         for r in range(rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
+            order = nu.rotated(names, r)
             for name in order:
                 bench, host, graph = samples[name]
                 bench.append(timer.bench(fns[name], rotation))
@@ -353,7 +353,7 @@ def run_case(case, device, bandwidth, timer, rounds, cute, errors) -> list:
             # within a case on the H200), so the variants' host loops alternate
             # in short blocks: a ratio of two variants sees the same host
             for b in range(timer.host_blocks):
-                for name in order[b % len(order) :] + order[: b % len(order)]:
+                for name in nu.rotated(order, b):
                     samples[name][1].append(timer.host(fns[name], rotation))
         graph_na = {name: g[1] for name, g in graphs.items() if g[0] is None}
         graphs.clear()  # free the graphs' memory pools
@@ -588,10 +588,10 @@ def markdown(results: list[Result], meta: dict) -> str:
         lines.append("")
     lines += [
         "Times in us: median [min-max] over rounds (host: over its loops); "
-        "x floor / x base: ratio to the "
-        "copy floor / to the baseline variant; x peer: default's GPU time over "
-        "the peer's (upstream class or CuTe); differing: share of output "
-        "elements not bit-identical to the reference.",
+        "x floor / x base: ratio to the copy floor / to the baseline variant; "
+        "x peer: default's GPU time over the peer's (upstream class or CuTe); "
+        "differing: share of output elements not bit-identical to the "
+        "reference.",
         "",
         "| case | variant | path | graph us | x floor | x base | bench us | "
         "x floor | x base | host us | host x base | x peer | host x peer | "

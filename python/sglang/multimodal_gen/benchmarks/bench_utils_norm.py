@@ -61,6 +61,14 @@ def spread(samples: Sequence[float]) -> Optional[list]:
     return [min(samples), statistics.median(samples), max(samples)]
 
 
+def rotated(items: Sequence, k: int) -> list:
+    """``items`` starting at index ``k % len(items)``, wrapping around: the
+    order in which round (or block) ``k`` runs the variants, so that no variant
+    always runs first."""
+    k %= len(items)
+    return list(items[k:]) + list(items[:k])
+
+
 class Rotation:
     """Input sets whose total exceeds three times the L2 cache (one set on CPU)."""
 
