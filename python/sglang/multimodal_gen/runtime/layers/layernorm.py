@@ -210,6 +210,23 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
         )
         self._forward_method = self.dispatch_forward()
 
+    def _affine_params(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``(self.weight, self.bias)``, read without ``nn.Module.__getattr__``.
+
+        A registered parameter lives in ``self._parameters``, where
+        ``nn.Module.__getattr__`` finds it after normal lookup failed; that costs
+        about 0.6 us per read, a tenth of a call's host time. Reading the dict
+        returns the same object. ``register_parameter`` refuses a name that
+        normal lookup already finds, so the two agree unless a class attribute
+        of that name is added after registration. A name that is not registered
+        (parametrized, or re-set as a plain tensor attribute, as FSDP1 does)
+        takes normal lookup.
+        """
+        params = self._parameters
+        weight = params["weight"] if "weight" in params else self.weight
+        bias = params["bias"] if "bias" in params else self.bias
+        return weight, bias
+
     @staticmethod
     def _check_input(x: torch.Tensor, normalized_shape: Tuple[int, ...]) -> None:
         """Reject inputs the reference would reject late or answer wrongly."""
@@ -350,8 +367,9 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
                 inputs, list(self.normalized_shape), self.weight, self.bias, self.eps
             )
         device = inputs.device
-        weight = self._cached_fp32_param("_weight_fp32_cache", self.weight, device)
-        bias = self._cached_fp32_param("_bias_fp32_cache", self.bias, device)
+        weight, bias = self._affine_params()
+        weight = self._cached_fp32_param("_weight_fp32_cache", weight, device)
+        bias = self._cached_fp32_param("_bias_fp32_cache", bias, device)
         return F.layer_norm(
             inputs.float(), self.normalized_shape, weight, bias, self.eps
         ).to(inputs.dtype)
@@ -363,11 +381,12 @@ class FP32LayerNorm(CustomOp, nn.LayerNorm):
             or force_reference()
         ):
             # the input check runs once per operand configuration
+            weight, bias = self._affine_params()
             out = try_fp32_layernorm_single_pass(
                 inputs,
                 self.normalized_shape,
-                self.weight,
-                self.bias,
+                weight,
+                bias,
                 self.eps,
                 check=self._check_input,
             )
@@ -413,13 +432,10 @@ def _fused_norm_modulate(module: nn.Module, x, shift, scale):
     norm = _fused_norm_of(module, x)
     if norm is None or torch.is_grad_enabled():
         return None
+    w, b = norm._affine_params()
     if torch.compiler.is_compiling():
-        return layernorm_scale_shift_opaque(
-            x, norm.weight, norm.bias, norm.eps, scale, shift
-        )
-    return try_fused_layernorm_scale_shift(
-        x, norm.weight, norm.bias, norm.eps, scale, shift
-    )
+        return layernorm_scale_shift_opaque(x, w, b, norm.eps, scale, shift)
+    return try_fused_layernorm_scale_shift(x, w, b, norm.eps, scale, shift)
 
 
 def _fused_residual_norm_modulate(module: nn.Module, residual, x, gate, shift, scale):
@@ -431,7 +447,7 @@ def _fused_residual_norm_modulate(module: nn.Module, residual, x, gate, shift, s
         gate = None
     elif not isinstance(gate, torch.Tensor):
         return None  # the chain raises for it
-    w, b, eps = norm.weight, norm.bias, norm.eps
+    (w, b), eps = norm._affine_params(), norm.eps
     if torch.compiler.is_compiling():
         return scale_residual_layernorm_scale_shift_opaque(
             residual, x, gate, w, b, eps, scale, shift

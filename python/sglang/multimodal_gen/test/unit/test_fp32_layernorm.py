@@ -304,6 +304,51 @@ def test_bias_false(device, dtype):
     assert_matches_reference(m, x)
 
 
+class _Doubled(torch.nn.Module):
+    def forward(self, w):
+        return w * 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("param_dtype", [torch.float32, "same"])
+@pytest.mark.parametrize("how", ["parametrize", "plain tensor", "functional_call"])
+def test_weights_held_outside_the_parameter_dict(device, dtype, param_dtype, how):
+    """Weights that live elsewhere than ``_parameters`` are the ones used: a
+    parametrization, a plain tensor attribute (FSDP1's unsharded views) and
+    ``functional_call``'s temporary swap, with the module's own weights intact
+    after the swap."""
+    m = make_norm(device, dtype if param_dtype == "same" else param_dtype)
+    x = make_input(device, dtype)
+    own = assert_matches_reference(m, x)
+    if how == "functional_call":
+        w2, b2 = (torch.randn_like(p) for p in (m.weight, m.bias))
+        with torch.no_grad():
+            y = torch.func.functional_call(m, {"weight": w2, "bias": b2}, (x,))
+        want = F.layer_norm(
+            x.float(), m.normalized_shape, w2.float(), b2.float(), m.eps
+        ).to(dtype)
+        assert torch.equal(y, want)
+        assert torch.equal(assert_matches_reference(m, x), own)
+        return
+    if how == "parametrize":
+        torch.nn.utils.parametrize.register_parametrization(m, "weight", _Doubled())
+        assert "weight" not in m._parameters
+    else:
+        w = m.weight.detach() * 3
+        del m.weight
+        m.weight = w
+        assert "weight" not in m._parameters and m.weight is w
+    y = assert_matches_reference(m, x)
+    assert not torch.equal(y, own)
+    with torch.no_grad():
+        if how == "parametrize":
+            m.parametrizations.weight.original.add_(0.25)
+        else:
+            m.weight.add_(0.25)
+    assert_matches_reference(m, x)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_fp32_params_with_bf16_input_are_not_copied(device):
     m = make_norm(device, torch.float32)
