@@ -422,6 +422,8 @@ def test_single_pass_input_check_runs_once_per_configuration(monkeypatch):
             is None
         )
     assert seen == [((3, 64), (64,))]
+    # the hot path spells its key out; it must be _runner_key's
+    assert list(sel._RUNNERS) == [sel._runner_key((1e-6, (64,)), x, None, None)]
     with pytest.raises(ValueError, match="does not end with normalized_shape"):
         sel.try_fp32_layernorm_single_pass(x, (32,), None, None, 1e-6, check)
     with pytest.raises(TypeError, match="floating-point"):
@@ -582,11 +584,13 @@ def test_bound_launch_passes_triton_launchers_argument_order(monkeypatch):
 
 
 @needs_triton
-def test_plan_binds_after_its_first_launch_and_yields_to_hooks(monkeypatch):
+@pytest.mark.parametrize("fused", [False, True])
+def test_plan_binds_after_its_first_launch_and_yields_to_hooks(fused, monkeypatch):
     """A plan's first launch goes through its DirectLauncher with tensors;
     later ones through the BoundLaunch with data pointers in the same slots and
     the plan's constants after them; while hooks are set, through Triton again,
-    keeping the compiled kernel (fakes stand in for Triton, so this runs on CPU)."""
+    keeping the compiled kernel (fakes stand in for Triton, so this runs on CPU).
+    Fused: every operand and output in its own slot, statistics included."""
     launches, c_calls = [], []
 
     class Run:
@@ -618,23 +622,43 @@ def test_plan_binds_after_its_first_launch_and_yields_to_hooks(monkeypatch):
     monkeypatch.setattr(direct_launch.triton.runtime.driver, "_active", Driver())
     dim = 64
     x, w, b = torch.randn(5, dim), torch.randn(dim), torch.randn(dim)
-    plan = kb._Plan(x, w, b, 1e-6)
+    if fused:
+        ops = [
+            torch.randn(5, dim),
+            torch.randn(dim),
+            torch.randn(dim),
+            torch.randn(dim),
+        ]
+        plan = kb._Plan(x, w, b, 1e-6, *ops, store_stats=True)
+    else:
+        ops = [None] * 4
+        plan = kb._Plan(x, w, b, 1e-6)
+    residual, gate, scale, shift = ops
     plan.launcher = launcher = Launcher()
-    plan(x, w, b, 1e-6)
-    assert len(launches) == 1 and launches[0][0] is x and launches[0][3] is w
-    assert plan.kernel is compiled and plan.bound is not None
-    y = plan(x, w, b, 1e-6)
+    first = plan(x, w, b, 1e-6, *ops)
+    assert len(launches) == 1 and plan.kernel is compiled and plan.bound is not None
+    if fused:
+        (y, res_out), (stats, rstd) = first
+        want = (x, residual, gate, w, b, scale, shift, y, res_out, stats, rstd)
+    else:
+        want = (x, x, x, w, b, x, x, first, first, first, first)
+    assert all(a is t for a, t in zip(launches[0], want))
+    second = plan(x, w, b, 1e-6, *ops)
     assert len(launches) == 1 and len(c_calls) == 1
     args = c_calls[0][13:]  # after grid, stream, function and metadata
     n_ptr = kb._N_POINTER_ARGS
-    assert args[0] == x.data_ptr() and args[2] == x.data_ptr()
-    assert args[3] == w.data_ptr() and args[4] == b.data_ptr()
-    assert args[7] == y.data_ptr()  # the output allocated by that call
+    if fused:
+        (y, res_out), (stats, rstd) = second
+        want = (x, residual, gate, w, b, scale, shift, y, res_out, stats, rstd)
+    else:
+        y = second  # the output allocated by that call
+        want = (x, x, x, w, b, x, x, y, y, y, y)
+    assert args[: n_ptr - 1] == tuple(t.data_ptr() for t in want)
     assert args[n_ptr - 1] == plan.coef.data_ptr()
     assert args[n_ptr:] == (*plan.ints, 1e-6, *plan.tail)
     assert y.shape == x.shape and y.dtype == x.dtype
     launcher.hooked = True
-    plan(x, w, b, 1e-6)
+    plan(x, w, b, 1e-6, *ops)
     assert len(launches) == 2 and len(c_calls) == 1
     assert plan.kernel is compiled
 

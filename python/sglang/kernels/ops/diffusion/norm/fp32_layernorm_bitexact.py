@@ -276,7 +276,7 @@ class _Plan:
 
     __slots__ = (
         "rows", "shape", "ints", "constexprs", "tail", "kernel", "device",
-        "has_res", "has_gate", "has_mod", "store_stats", "coef",
+        "has_res", "store_stats", "coef",
         "launcher", "grid", "bound", "tuning",
     )  # fmt: skip
 
@@ -291,8 +291,6 @@ class _Plan:
         self.rows = batch * seq_len
         self.device = x.get_device()
         self.has_res = residual is not None
-        self.has_gate = gate is not None
-        self.has_mod = scale is not None
         self.store_stats = store_stats
         self.coef = _merge_coefficients(dim, x.device)
         self.kernel = self.bound = None
@@ -379,29 +377,56 @@ class _Plan:
             stats = torch.empty(self.rows, device=x.device, dtype=torch.float32)
             rstd = torch.empty_like(stats)
         if self.rows > 0:
-            pointers = (
-                x,
-                x if residual is None else residual,
-                gate if self.has_gate else x,
-                x if weight is None else weight,
-                x if bias is None else bias,
-                scale if self.has_mod else x,
-                shift if self.has_mod else x,
-                y,
-                y if res_out is None else res_out,
-                y if stats is None else stats,
-                y if rstd is None else rstd,
-            )
             bound = self.bound
             if bound is not None and self.launcher.fast():
-                bound(*map(_data_ptr, pointers))
+                # ints, and each tensor's data_ptr() read once: x and y fill
+                # most slots, and each read costs a C call
+                p = _data_ptr
+                bound(*_pointer_slots(
+                    p(x), None if residual is None else p(residual),
+                    None if gate is None else p(gate),
+                    None if weight is None else p(weight),
+                    None if bias is None else p(bias),
+                    None if scale is None else p(scale),
+                    None if shift is None else p(shift),
+                    p(y), None if res_out is None else p(res_out),
+                    None if stats is None else p(stats),
+                    None if rstd is None else p(rstd),
+                ))  # fmt: skip
             else:
+                pointers = _pointer_slots(
+                    x, residual, gate, weight, bias, scale, shift, y, res_out,
+                    stats, rstd,
+                )  # fmt: skip
                 self._launch(pointers, eps)
         result = y if res_out is None else (y, res_out)
         return (result, (stats, rstd)) if self.store_stats else result
 
 
 _data_ptr = torch.Tensor.data_ptr
+
+
+def _pointer_slots(x, residual, gate, weight, bias, scale, shift, y, res_out,
+                   stats, rstd) -> tuple:  # fmt: skip
+    """The kernel's first 11 pointer arguments, tensors or data pointers.
+
+    An absent operand (``None``) fills its slot with ``x`` (inputs) or ``y``
+    (outputs): the kernel's constexprs say which are absent and it never touches
+    those slots, but each must hold a valid pointer.
+    """
+    return (
+        x,
+        x if residual is None else residual,
+        x if gate is None else gate,
+        x if weight is None else weight,
+        x if bias is None else bias,
+        x if scale is None else scale,
+        x if shift is None else shift,
+        y,
+        y if res_out is None else res_out,
+        y if stats is None else stats,
+        y if rstd is None else rstd,
+    )
 
 
 def _tensor_key(t: Optional[torch.Tensor]):

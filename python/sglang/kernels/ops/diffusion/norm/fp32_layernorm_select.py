@@ -320,7 +320,10 @@ def try_fp32_layernorm_single_pass(
             check(x, normalized_shape)
         return None
     shape = tuple(normalized_shape)
-    key = _runner_key((eps, shape), x, weight, bias)
+    # _runner_key((eps, shape), x, weight, bias), written out: without its
+    # map and unpacking the key costs a fifth less on every call
+    key = (_FORCE_REFERENCE, (eps, shape), _tensor_key(x), _tensor_key(weight),
+           _tensor_key(bias))  # fmt: skip
     run = _RUNNERS.get(key, _UNKNOWN)
     if run is _UNKNOWN:
         if check is not None:
