@@ -157,3 +157,15 @@ def test_host_time_tool_needs_cuda_and_says_so(capsys):
         sys.path.pop(0)
     assert bench_host_time.main([]) == 2
     assert capsys.readouterr().err.strip() == "bench_host_time: needs a CUDA device"
+
+
+def test_host_loops_leave_the_first_call_after_a_sync_untimed():
+    """Each host loop makes one untimed call (the last input set) after its
+    synchronize, then times ``host_calls`` calls over the sets in order."""
+    timer = bench.nu.Timer(torch.device("cpu"), quick=False)
+    rotation = bench.nu.Rotation(lambda: (object(),), 0, torch.device("cpu"))
+    rotation.sets = [(i,) for i in range(3)]
+    seen = []
+    us = timer.host(seen.append, rotation)
+    assert seen == [2] + [i % 3 for i in range(timer.host_calls)]
+    assert us >= 0.0

@@ -25,8 +25,10 @@ median with its [min, max] over its samples:
 * ``bench``: ``triton.testing.do_bench`` median on CUDA (inputs rotate through
   sets larger than L2), a perf_counter median of single calls on CPU;
 * ``host``: microseconds per call of a plain loop of n calls, synchronized only
-  before and after the loop; each round runs k such loops per variant, the
-  variants' loops alternating, and each loop is a sample (CUDA: k=5, n=10).
+  before and after the loop, after one untimed call (the first call after a
+  synchronize costs more, see ``Timer.host``); each round runs k such loops
+  per variant, the variants' loops alternating, and each loop is a sample
+  (CUDA: k=5, n=10).
 
 Times are also given as ratios to the floor (bytes each input read once plus each
 output written once, over the copy bandwidth measured in the same run) and to the
@@ -587,7 +589,8 @@ def markdown(results: list[Result], meta: dict) -> str:
             lines.append(f"| {label} | {limit} | {value} | {verdict} | {case} |")
         lines.append("")
     lines += [
-        "Times in us: median [min-max] over rounds (host: over its loops); "
+        "Times in us: median [min-max] over rounds (host: over its loops, "
+        "each after one untimed call); "
         "x floor / x base: ratio to the copy floor / to the baseline variant; "
         "x peer: default's GPU time over the peer's (upstream class or CuTe); "
         "differing: share of output elements not bit-identical to the "
