@@ -41,6 +41,7 @@ REPLACED = {
 ADDED = {
     "FP32LayerNorm": (
         "_FP32_CACHE_ATTRS",
+        "_affine_params",
         "_cache_key",
         "_canonical_device",
         "_check_input",

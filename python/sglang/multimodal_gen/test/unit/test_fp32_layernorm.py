@@ -317,7 +317,8 @@ def test_weights_held_outside_the_parameter_dict(device, dtype, param_dtype, how
     """Weights that live elsewhere than ``_parameters`` are the ones used: a
     parametrization, a plain tensor attribute (FSDP1's unsharded views) and
     ``functional_call``'s temporary swap, with the module's own weights intact
-    after the swap."""
+    after the swap. (A parametrization computes a new tensor per read, often at
+    the freed one's address: that is test_storage_reuse_never_returns_stale.)"""
     m = make_norm(device, dtype if param_dtype == "same" else param_dtype)
     x = make_input(device, dtype)
     own = assert_matches_reference(m, x)
@@ -341,12 +342,10 @@ def test_weights_held_outside_the_parameter_dict(device, dtype, param_dtype, how
         assert "weight" not in m._parameters and m.weight is w
     y = assert_matches_reference(m, x)
     assert not torch.equal(y, own)
-    with torch.no_grad():
-        if how == "parametrize":
-            m.parametrizations.weight.original.add_(0.25)
-        else:
+    if how == "plain tensor":
+        with torch.no_grad():
             m.weight.add_(0.25)
-    assert_matches_reference(m, x)
+        assert_matches_reference(m, x)
 
 
 @pytest.mark.parametrize("device", DEVICES)
