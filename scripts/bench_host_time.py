@@ -7,9 +7,10 @@ call, from the module call down to the bound launch, next to ATen's
 of ``--calls`` calls that never synchronize inside (one input set, so only the
 code path varies). Then the benchmark's own host measurement
 (``Timer.host``: ``host_calls`` calls over rotating input sets, after one
-untimed call) repeated, and single calls timed by their position in a loop
-that starts right after a synchronize (the first call there costs more, the
-more Python it runs), to tell a slow path from a noisy measurement.
+untimed call) repeated, and single calls timed by their position in loops
+that start right after a synchronize (one variant's loops back to back; the
+benchmark's alternate between variants, which costs the first call more), to
+tell a slow path from a noisy measurement.
 
     PYTHONPATH=python python scripts/bench_host_time.py [--tokens 257 --dim 1280]
 """

@@ -26,7 +26,8 @@ median with its [min, max] over its samples:
   sets larger than L2), a perf_counter median of single calls on CPU;
 * ``host``: microseconds per call of a plain loop of n calls, synchronized only
   before and after the loop, after one untimed call (the first call after a
-  synchronize costs more, see ``Timer.host``); each round runs k such loops
+  synchronize and another variant's loop costs more, see ``Timer.host``);
+  each round runs k such loops
   per variant, the variants' loops alternating, and each loop is a sample
   (CUDA: k=5, n=10).
 

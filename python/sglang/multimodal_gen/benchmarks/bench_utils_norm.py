@@ -128,11 +128,13 @@ class Timer:
     def host(self, fn: Callable, rotation: Rotation) -> float:
         """Host microseconds per call of a loop that never synchronizes inside.
 
-        The first call after a synchronize is left untimed: it costs more the
-        more Python it runs (on the H200 host, 257x1280: ATen's call +2.5 us,
-        this tree's and upstream's FP32LayerNorm +9 us over the calls after
-        it), a cost that a plain loop without synchronizing pays once, not once
-        per ``host_calls``.
+        The first call is left untimed. It follows a synchronize and, in the
+        benchmark, another variant's loop, and it costs more the more Python
+        it runs (on the H200 host, 257x1280, loops alternating: ATen's call
+        +2.5 us, this tree's and upstream's FP32LayerNorm +9 us over the calls
+        after it; +1 to +4 us with one variant's loops back to back): a cost
+        that a plain loop of one variant pays once, not once per
+        ``host_calls``.
         """
         n = self.host_calls
         sets = rotation.sets
