@@ -27,9 +27,8 @@ median with its [min, max] over its samples:
 * ``host``: microseconds per call of a plain loop of n calls, synchronized only
   before and after the loop, after one untimed call (the first call after a
   synchronize and another variant's loop costs more, see ``Timer.host``);
-  each round runs k such loops
-  per variant, the variants' loops alternating, and each loop is a sample
-  (CUDA: k=5, n=10).
+  each round runs k such loops per variant, the variants' loops alternating,
+  and each loop is a sample (CUDA: k=5, n=10).
 
 Times are also given as ratios to the floor (bytes each input read once plus each
 output written once, over the copy bandwidth measured in the same run) and to the

@@ -422,7 +422,7 @@ def test_single_pass_input_check_runs_once_per_configuration(monkeypatch):
             is None
         )
     assert seen == [((3, 64), (64,))]
-    # the hot path spells its key out; it must be _runner_key's
+    # the stored decision is keyed by _runner_key
     assert list(sel._RUNNERS) == [sel._runner_key((1e-6, (64,)), x, None, None)]
     with pytest.raises(ValueError, match="does not end with normalized_shape"):
         sel.try_fp32_layernorm_single_pass(x, (32,), None, None, 1e-6, check)

@@ -229,9 +229,13 @@ _RUNNERS: dict = {}
 _MAX_RUNNERS = 4096
 
 
-def _runner_key(config, *tensors) -> tuple:
-    # config: eps, or (eps, normalized_shape); tensors: the operands, None or not
-    return (_FORCE_REFERENCE, config, *map(_tensor_key, tensors))
+def _runner_key(config, x, weight, bias, *more) -> tuple:
+    # config: eps, or (eps, normalized_shape); then the operands, None or not.
+    # The three every caller passes are written out: building the key through
+    # map and unpacking cost a fifth more, on every call
+    key = (_FORCE_REFERENCE, config, _tensor_key(x), _tensor_key(weight),
+           _tensor_key(bias))  # fmt: skip
+    return key + tuple(map(_tensor_key, more)) if more else key
 
 
 def _remember(key, runner) -> None:
@@ -320,10 +324,7 @@ def try_fp32_layernorm_single_pass(
             check(x, normalized_shape)
         return None
     shape = tuple(normalized_shape)
-    # _runner_key((eps, shape), x, weight, bias), written out: without its
-    # map and unpacking the key costs a fifth less on every call
-    key = (_FORCE_REFERENCE, (eps, shape), _tensor_key(x), _tensor_key(weight),
-           _tensor_key(bias))  # fmt: skip
+    key = _runner_key((eps, shape), x, weight, bias)
     run = _RUNNERS.get(key, _UNKNOWN)
     if run is _UNKNOWN:
         if check is not None:
