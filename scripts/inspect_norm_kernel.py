@@ -6,11 +6,14 @@ its bundled ``cuobjdump`` reads registers, stack (spills and call frames) and
 shared memory from the cubin. Registers per thread bound the rows in flight per
 SM (65536 registers / (128 threads x regs)), which is what limited the kernel's
 bandwidth before the lane merges moved to warp shuffles (see
-docs/kernel-notes.md). Integer arguments are specialized as at a real launch
-(strides divisible by 16, frame sizes of 1).
+docs/kernel-notes.md). The arguments are those a launch on Wan's operands
+gets (bf16 activations, fp32 weight and bias, ``--mod-dtype`` modulation):
+the plans' own code builds them, on meta tensors, and Triton's launch-time
+specialization is replayed (1 as a constant, multiples of 16 divisible).
 
     PYTHONPATH=python python scripts/inspect_norm_kernel.py [--dims 1536,5120]
-        [--fused] [--keep] [--prefetch] [--rows N] [--arch 90] [--dump DIR]
+        [--fused] [--mod-dtype fp32|bf16] [--keep] [--prefetch] [--rows N]
+        [--arch 90] [--dump DIR]
 
 ``--rows N`` compiles ``_fp32_norm_rows_kernel`` (one warp, N rows per
 program) instead of the 4-warp ``_fp32_norm_kernel``. Besides registers, it
@@ -23,52 +26,75 @@ import os
 import re
 import subprocess
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 
-_POINTERS = ("X", "RES", "GATE", "W", "B", "SCALE", "SHIFT", "Y", "RES_OUT")
-_FP32_POINTERS = ("MEAN", "RSTD", "COEF")
+_MOD_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_TRITON_POINTERS = {
+    torch.float32: "*fp32",
+    torch.bfloat16: "*bf16",
+    torch.float16: "*fp16",
+}
 
 
-def compile_kernel(dim: int, fused: bool, tuning: dict, arch: int, rows: int = 0):
-    kernel = kb._fp32_norm_rows_kernel if rows else kb._fp32_norm_kernel
-    tuning = {**tuning, "ROWS": rows} if rows else tuning
-    constexprs = dict(
-        N=dim, ITERS=triton.cdiv(dim // 4, 128), HAS_RESIDUAL=fused,
-        HAS_GATE=fused, HAS_W=True, HAS_B=True, HAS_MOD=fused, STORE_STATS=False,
-        G1_RND=0, R_RND=1, S_RND=0, M1_RND=0, M_RND=0, **kb._ATEN_REPLAY, **tuning,
-    )  # fmt: skip
-    ints = {"stride_x": dim, "stride_y": dim, "L": 32760, "M": 32768}
+def launch_arguments(dim, fused, tuning, rows=0, mod_dtype=torch.float32):
+    """The kernel, its pointer dtypes, ints and constexprs, as ``_Plan`` builds
+    them for a launch on Wan's operands: bf16 ``x`` of ``[1, 32760, dim]``,
+    fp32 weight and bias, and (``fused``) a bf16 residual with ``[B, 1, D]``
+    gate, scale and shift of ``mod_dtype``. The plan is made on meta tensors,
+    so the rounding codes, strides and frame sizes are the ones a real launch
+    of that configuration gets, from the same code."""
+    meta = torch.device("meta")
+    x = torch.empty(1, 32760, dim, dtype=torch.bfloat16, device=meta)
+    weight = torch.empty(dim, dtype=torch.float32, device=meta)
+    bias = torch.empty_like(weight)
+    residual = gate = scale = shift = res_out = None
     if fused:
-        ints.update(stride_res=dim, stride_res_out=dim, g_sb=dim, sc_sb=dim, sh_sb=dim)
-    frames = ("g_frame", "sc_frame", "sh_frame", "g_sd", "sc_sd", "sh_sd")
-    signature, aligned = {}, []
-    for name in kernel.arg_names:
-        if name in constexprs:
+        residual = res_out = torch.empty_like(x)
+        gate, scale, shift = (
+            torch.empty(1, 1, dim, dtype=mod_dtype, device=meta) for _ in range(3)
+        )
+    tuning = {**tuning, "ROWS": rows} if rows else tuning
+    plan = kb._Plan(x, weight, bias, 1e-6, residual, gate, scale, shift, tuning=tuning)
+    slots = kb._pointer_slots(
+        x, residual, gate, weight, bias, scale, shift, torch.empty_like(x), res_out,
+        None, None,
+    )  # fmt: skip
+    pointers = [t.dtype for t in (*slots, plan.coef)]
+    kernel = plan.launcher.fn
+    return kernel, pointers, plan.ints, plan.constexprs
+
+
+def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32):
+    """Compile the kernel a launch of ``launch_arguments``' configuration takes,
+    for ``arch``. Integer arguments are specialized as Triton specializes them
+    at a launch: a 1 becomes a constant, a multiple of 16 is marked divisible;
+    every pointer is 16-byte aligned."""
+    kernel, pointers, ints, constexprs = launch_arguments(
+        dim, fused, tuning, rows, mod_dtype
+    )
+    names = kernel.arg_names
+    signature, constants, aligned = {}, dict(constexprs), []
+    for name, dtype in zip(names, pointers):
+        signature[name] = _TRITON_POINTERS[dtype]
+        aligned.append(name)
+    for name, value in zip(names[len(pointers) :], ints):
+        if value == 1:
             signature[name] = "constexpr"
-        elif name in _POINTERS:
-            modulation = name in ("GATE", "SCALE", "SHIFT", "W", "B")
-            signature[name] = "*fp32" if modulation else "*bf16"
-            aligned.append(name)
-        elif name in _FP32_POINTERS:
-            signature[name] = "*fp32"
-            aligned.append(name)
-        elif name == "eps":
-            signature[name] = "fp32"
-        elif name in frames:  # value 1: Triton makes it a constant
-            signature[name] = "constexpr"
-            constexprs[name] = 1
+            constants[name] = 1
         else:
             signature[name] = "i32"
-            if ints.get(name, 0) % 16 == 0:
+            if value % 16 == 0:
                 aligned.append(name)
-    attrs = {
-        (kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned
-    }
-    source = ASTSource(kernel, signature, constexprs, attrs)
+    signature[names[len(pointers) + len(ints)]] = "fp32"  # eps
+    for name in constexprs:
+        signature[name] = "constexpr"
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    source = ASTSource(kernel, signature, constants, attrs)
     options = {"num_warps": 1 if rows else 4, "enable_fp_fusion": False}
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
@@ -96,6 +122,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", default="1536,3072,5120,8192")
     parser.add_argument("--fused", action="store_true", help="residual + modulation")
+    parser.add_argument(
+        "--mod-dtype", choices=sorted(_MOD_DTYPES), default="fp32",
+        help="dtype of the fused modules' gate, scale and shift",
+    )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="KEEP=True")
     parser.add_argument("--prefetch", action="store_true", help="PREFETCH=True")
     parser.add_argument(
@@ -108,7 +138,9 @@ def main(argv=None) -> None:
     out = args.dump or "/tmp"
     os.makedirs(out, exist_ok=True)
     for dim in map(int, args.dims.split(",")):
-        compiled = compile_kernel(dim, args.fused, tuning, args.arch, args.rows)
+        compiled = compile_kernel(
+            dim, args.fused, tuning, args.arch, args.rows, _MOD_DTYPES[args.mod_dtype]
+        )
         stem = os.path.join(out, f"fp32_norm_d{dim}")
         if args.dump:
             for kind in ("ttgir", "ptx"):

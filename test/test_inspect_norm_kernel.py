@@ -10,6 +10,7 @@ import pathlib
 import re
 
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
@@ -99,3 +100,34 @@ def test_four_warp_kernel_exchanges_once_between_warps(inspect, tmp_path, dim, f
     assert int(re.search(r"(\d+) barriers", usage).group(1)) <= 3, usage
     # the variance's division is the only one left (one per merge before)
     assert compiled.asm["ptx"].count("div.rn.f32") == 1, usage
+
+
+@pytest.mark.parametrize("mod_dtype, code, load", [
+    (torch.float32, 0, ".v4.b32"), (torch.bfloat16, 1, ".v2.b32"),
+])  # fmt: skip
+def test_offline_build_is_the_launch_a_plan_makes(inspect, mod_dtype, code, load):
+    """The offline build takes its arguments from a plan for Wan's operands, so
+    it compiles what a launch compiles. Typed by hand, the fused build paired
+    fp32 modulation with a bf16 residual rounding that no launch has: 125
+    registers at D=5120 with KEEP, where the launches on an H200 had 86 (fp32
+    modulation) and 72 (bf16), as this build now has."""
+    variant = kb._variant("block-keep")
+    kernel, pointers, ints, constexprs = inspect.launch_arguments(
+        1280, True, variant, mod_dtype=mod_dtype
+    )
+    assert kernel is kb._fp32_norm_kernel
+    typed = dict(zip(kernel.arg_names, pointers))
+    assert [typed[n] for n in ("GATE", "SCALE", "SHIFT")] == [mod_dtype] * 3
+    assert typed["X"] == typed["RES"] == typed["Y"] == torch.bfloat16
+    assert typed["W"] == typed["B"] == typed["COEF"] == torch.float32
+    # eager rounds after each op in the promoted dtype: bf16 with bf16
+    # modulation, fp32 (no rounding) with fp32
+    codes = [constexprs[n] for n in ("G1_RND", "R_RND", "S_RND", "M1_RND", "M_RND")]
+    assert codes == [code] * 5
+    # a [B, 1, D] modulation: one frame of all 32760 rows, unit column stride
+    named = dict(zip(kernel.arg_names[len(pointers) :], ints))
+    assert (named["g_frame"], named["g_sd"], named["L"]) == (32760, 1, 32760)
+    compiled = inspect.compile_kernel(1280, True, variant, 90, mod_dtype=mod_dtype)
+    kept = re.findall(r"ld\.global\.L1::evict_last[\w:.]*", compiled.asm["ptx"])
+    # four modulation elements per thread and load: 16 bytes of fp32, 8 of bf16
+    assert kept and all(ld.endswith(load) for ld in kept), kept
