@@ -30,19 +30,16 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.runtime.jit import type_canonicalisation_dict
 
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 
 _MOD_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-_TRITON_POINTERS = {
-    torch.float32: "*fp32",
-    torch.bfloat16: "*bf16",
-    torch.float16: "*fp16",
-}
 
 
 def launch_arguments(dim, fused, tuning, rows=0, mod_dtype=torch.float32):
-    """The kernel, its pointer dtypes, ints and constexprs, as ``_Plan`` builds
+    """The launcher (its kernel and compile options), the pointer dtypes, ints
+    and constexprs, as ``_Plan`` builds
     them for a launch on Wan's operands: bf16 ``x`` of ``[1, 32760, dim]``,
     fp32 weight and bias, and (``fused``) a bf16 residual with ``[B, 1, D]``
     gate, scale and shift of ``mod_dtype``. The plan is made on meta tensors,
@@ -65,8 +62,7 @@ def launch_arguments(dim, fused, tuning, rows=0, mod_dtype=torch.float32):
         None, None,
     )  # fmt: skip
     pointers = [t.dtype for t in (*slots, plan.coef)]
-    kernel = plan.launcher.fn
-    return kernel, pointers, plan.ints, plan.constexprs
+    return plan.launcher, pointers, plan.ints, plan.constexprs
 
 
 def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32):
@@ -74,13 +70,13 @@ def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32):
     for ``arch``. Integer arguments are specialized as Triton specializes them
     at a launch: a 1 becomes a constant, a multiple of 16 is marked divisible;
     every pointer is 16-byte aligned."""
-    kernel, pointers, ints, constexprs = launch_arguments(
+    launcher, pointers, ints, constexprs = launch_arguments(
         dim, fused, tuning, rows, mod_dtype
     )
-    names = kernel.arg_names
+    names = launcher.fn.arg_names
     signature, constants, aligned = {}, dict(constexprs), []
     for name, dtype in zip(names, pointers):
-        signature[name] = _TRITON_POINTERS[dtype]
+        signature[name] = "*" + type_canonicalisation_dict[str(dtype).split(".")[1]]
         aligned.append(name)
     for name, value in zip(names[len(pointers) :], ints):
         if value == 1:
@@ -94,9 +90,9 @@ def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32):
     for name in constexprs:
         signature[name] = "constexpr"
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
-    source = ASTSource(kernel, signature, constants, attrs)
-    options = {"num_warps": 1 if rows else 4, "enable_fp_fusion": False}
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    source = ASTSource(launcher.fn, signature, constants, attrs)
+    target = GPUTarget("cuda", arch, 32)
+    return triton.compile(source, target=target, options=launcher.options)
 
 
 def resources(compiled, path: str) -> str:

@@ -112,9 +112,10 @@ def test_offline_build_is_the_launch_a_plan_makes(inspect, mod_dtype, code, load
     registers at D=5120 with KEEP, where the launches on an H200 had 86 (fp32
     modulation) and 72 (bf16), as this build now has."""
     variant = kb._variant("block-keep")
-    kernel, pointers, ints, constexprs = inspect.launch_arguments(
+    launcher, pointers, ints, constexprs = inspect.launch_arguments(
         1280, True, variant, mod_dtype=mod_dtype
     )
+    kernel = launcher.fn
     assert kernel is kb._fp32_norm_kernel
     typed = dict(zip(kernel.arg_names, pointers))
     assert [typed[n] for n in ("GATE", "SCALE", "SHIFT")] == [mod_dtype] * 3
