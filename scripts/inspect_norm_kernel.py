@@ -68,8 +68,9 @@ def launch_arguments(dim, fused, tuning, rows=0, mod_dtype=torch.float32):
 def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32):
     """Compile the kernel a launch of ``launch_arguments``' configuration takes,
     for ``arch``. Integer arguments are specialized as Triton specializes them
-    at a launch: a 1 becomes a constant, a multiple of 16 is marked divisible;
-    every pointer is 16-byte aligned."""
+    at a launch: an int is i32 or, past its range, i64; a 1 becomes a constant
+    and a multiple of 16 is marked divisible, unless the kernel opts the
+    argument out (``do_not_specialize``); every pointer is 16-byte aligned."""
     launcher, pointers, ints, constexprs = launch_arguments(
         dim, fused, tuning, rows, mod_dtype
     )
@@ -78,13 +79,14 @@ def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32):
     for name, dtype in zip(names, pointers):
         signature[name] = "*" + type_canonicalisation_dict[str(dtype).split(".")[1]]
         aligned.append(name)
-    for name, value in zip(names[len(pointers) :], ints):
-        if value == 1:
+    params = launcher.fn.params[len(pointers) :]
+    for name, value, param in zip(names[len(pointers) :], ints, params):
+        if value == 1 and not param.do_not_specialize:
             signature[name] = "constexpr"
             constants[name] = 1
         else:
-            signature[name] = "i32"
-            if value % 16 == 0:
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if value % 16 == 0 and not param.do_not_specialize:
                 aligned.append(name)
     signature[names[len(pointers) + len(ints)]] = "fp32"  # eps
     for name in constexprs:

@@ -125,10 +125,16 @@ def test_offline_build_is_the_launch_a_plan_makes(inspect, mod_dtype, code, load
     # modulation, fp32 (no rounding) with fp32
     codes = [constexprs[n] for n in ("G1_RND", "R_RND", "S_RND", "M1_RND", "M_RND")]
     assert codes == [code] * 5
-    # a [B, 1, D] modulation: one frame of all 32760 rows, unit column stride
+    # a [B, 1, D] modulation: one frame (stride 0) of all 32760 rows, unit
+    # column stride; no per-frame quotient, but the batch's (L's) reciprocal
     named = dict(zip(kernel.arg_names[len(pointers) :], ints))
-    assert (named["g_frame"], named["g_sd"], named["L"]) == (32760, 1, 32760)
+    assert (named["g_sf"], named["g_sd"], named["L"]) == (0, 1, 32760)
+    assert (named["l_mul"], named["l_shift"]) == kb.quotient_reciprocal(32760)
+    assert constexprs["PER_FRAME"] is False
     compiled = inspect.compile_kernel(1280, True, variant, 90, mod_dtype=mod_dtype)
     kept = re.findall(r"ld\.global\.L1::evict_last[\w:.]*", compiled.asm["ptx"])
     # four modulation elements per thread and load: 16 bytes of fp32, 8 of bf16
     assert kept and all(ld.endswith(load) for ld in kept), kept
+    # a row's batch is a multiply-high and a shift: no integer division left
+    # (four div.s32 before, about 80 of 624 instructions at D=1280)
+    assert not re.search(r"\b(div|rem)\.[su](32|64)", compiled.asm["ptx"])

@@ -229,7 +229,7 @@ def test_fused_norm_scale_shift_equals_chain(x_dtype, mod_dtype, affine):
         for p in m.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5 + 1)
     x = (torch.randn(batch, seq, dim, generator=gen) * 2).to("cuda", x_dtype)
-    # layouts are runtime strides: one compiled kernel serves all of them
+    # layouts are runtime strides (per-frame ones also set PER_FRAME)
     for layout in MOD_LAYOUTS:
         shift = _modulation(layout, batch, seq, dim, mdtype, gen)
         scale = _modulation(layout, batch, seq, dim, mdtype, gen)

@@ -52,6 +52,7 @@ from sglang.kernels.ops.diffusion.norm.fp32_layernorm_triton import (
     _fp32_norm_rows_kernel,
     lane_count,
     merge_counts,
+    quotient_reciprocal,
     triton,
 )
 
@@ -204,7 +205,7 @@ class _Modulation:
     ``[B|1, L|1, D|1]`` and per-frame ``[B, F, 1, D]`` (``L % F == 0``).
     """
 
-    __slots__ = ("tensor", "strides", "frame", "dtype")
+    __slots__ = ("tensor", "strides", "frame", "per_frame", "dtype")
 
     @classmethod
     def of(cls, t, batch: int, seq_len: int, dim: int) -> "_Modulation":
@@ -239,8 +240,11 @@ class _Modulation:
                 f"[{batch}, {seq_len}, {dim}]"
             ) from exc
         self.tensor = v
-        self.strides = v.stride()
+        # one frame: every row reads it, whatever its index
+        self.strides = (v.stride(0), 0, v.stride(2)) if frames == 1 else v.stride()
         self.frame = max(seq_len // frames, 1)
+        # F frames of L // F rows each; 1 < F < L needs the kernel's quotient
+        self.per_frame = frames not in (1, seq_len)
 
 
 # _fp32_norm_kernel's arguments: 12 pointers, then ints, then eps
@@ -315,10 +319,13 @@ class _Plan:
             dim,
             dim if residual is not None else 0,
             seq_len,
+            *quotient_reciprocal(max(seq_len, 1)),
         ]
         for key in ("g", "sc", "sh"):
             m = mods.get(key)
-            ints += (0, 0, 0, 1) if m is None else (*m.strides, m.frame)
+            frame = 1 if m is None else m.frame
+            strides = (0, 0, 0) if m is None else m.strides
+            ints += (*strides, *quotient_reciprocal(frame))
         if tuning is None:
             tuning = _tuning(self.rows, dim, residual is not None, scale is not None)
         self.tuning = tuning  # the variant, as _launch_fp32_norm's tuning
@@ -340,6 +347,7 @@ class _Plan:
             HAS_B=bias is not None,
             HAS_MOD=scale is not None,
             STORE_STATS=store_stats,
+            PER_FRAME=any(m.per_frame for m in mods.values()),
             G1_RND=code(g1_dtype),
             R_RND=code(r_dtype),
             S_RND=code(s_dtype),

@@ -33,6 +33,34 @@ except ImportError:  # CPU-only installs and platforms without Triton
     triton = None
     tl = None
 
+# a CUDA grid has fewer than 2**31 programs per dimension, and the kernels take
+# one row per program: every row index, and so every quotient's dividend, is
+# below this
+_QUOTIENT_BITS = 31
+
+
+def quotient_reciprocal(d: int) -> tuple:
+    """``(mul, shift)`` such that ``umulhi(2 * n, mul) >> shift == n // d``
+    (``umulhi``: the high 32 bits of a 32 x 32-bit unsigned product) for every
+    integer ``0 <= n < 2**31``, for a divisor ``1 <= d < 2**31``; what the
+    kernels' ``_quotient`` takes.
+
+    ``shift = ceil(log2 d)`` and ``mul = ceil(2**(31 + shift) / d)``, which
+    lies in ``[2**31, 2**32)``, so both factors fit 32 bits, and the result
+    is ``floor(n * mul / 2**(31 + shift))``. That is exact: ``e = mul * d -
+    2**(31 + shift)`` is below ``d <= 2**shift``, so ``n * mul / 2**(31 +
+    shift) = n / d + n * e / (d * 2**(31 + shift))`` lies in ``[n / d, n / d
+    + 1 / d)``, whose floor is ``n // d`` (Granlund and Montgomery, 1994,
+    theorem 4.2). A row's batch and frame are such quotients by launch
+    constants; the kernels take them with a multiply and two shifts where a
+    ``div.s32`` costs about 20 instructions.
+    """
+    if not isinstance(d, int) or not 1 <= d < 1 << _QUOTIENT_BITS:
+        raise ValueError(f"divisor {d!r} is not an integer in [1, 2**31)")
+    shift = (d - 1).bit_length()
+    return -(-(1 << (_QUOTIENT_BITS + shift)) // d), shift
+
+
 if triton is not None:
 
     # The merges' count arithmetic, in plain Python: the kernels fold it into
@@ -106,12 +134,42 @@ if triton is not None:
             active = vidx < N // 4
         return cols, active
 
+    # quotient_reciprocal's ints: every divisor gets its own (mul, shift), and
+    # specializing on them (multiples of 16) would only compile more variants
+    _RECIPROCALS = tuple(
+        f"{operand}_{part}"
+        for operand in ("l", "g", "sc", "sh")
+        for part in ("mul", "shift")
+    )
+
+    @triton.jit
+    def _quotient(n, reciprocal):
+        # n // d for a row index n, from d's quotient_reciprocal (mul, shift),
+        # in 32-bit operations (int32 in, int32 out)
+        hi = tl.umulhi(n.to(tl.uint32) << 1, reciprocal[0].to(tl.uint32))
+        return (hi >> reciprocal[1].to(tl.uint32)).to(tl.int32)
+
+    @triton.jit
+    def _row_position(row, L, l_reciprocal):
+        # (batch, index in the batch) of a row of [B, L, D], as int64 for the
+        # offsets; computed in int32 (row < 2**31), where the offsets' products
+        # widen from 32 bits, as they did from the divisions these replace
+        r = row.to(tl.int32)
+        bi = _quotient(r, l_reciprocal)
+        return bi.to(tl.int64), (r - bi * L).to(tl.int64)
+
     @triton.jit
     def _load_modulation(ptr, bi, li, cols, mask, stride_b, stride_f, stride_d, frame):
-        # a [B, F, D] view broadcast over the L rows of a batch, F = L // frame.
-        # Every row of a frame reads the same modulation row: evict_last keeps
-        # it in L1 against the streamed rows (H200, see _load_row)
-        offs = bi * stride_b + (li // frame) * stride_f + cols * stride_d
+        # a [B, F, D] view broadcast over the L rows of a batch: row li reads
+        # frame li // (L // F); ``frame`` holds that divisor's
+        # quotient_reciprocal and PER_FRAME. Without per-frame operands F is 1
+        # (stride_f 0) or L, so the frame is li and no quotient is taken. Every
+        # row of a frame reads the same modulation row: evict_last keeps it in
+        # L1 against the streamed rows (H200, see _load_row)
+        fi = li
+        if frame[2]:
+            fi = _quotient(li, frame).to(tl.int64)
+        offs = bi * stride_b + fi * stride_f + cols * stride_d
         return tl.load(
             ptr + offs, mask=mask, other=0.0, eviction_policy="evict_last"
         ).to(tl.float32)
@@ -454,7 +512,7 @@ if triton is not None:
                 S_RND, M1_RND, M_RND, OUT_FMA,
             )  # fmt: skip
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_RECIPROCALS)
     def _fp32_norm_kernel(
         X,
         RES,
@@ -473,18 +531,23 @@ if triton is not None:
         stride_y,
         stride_res_out,
         L,
+        l_mul,
+        l_shift,
         g_sb,
         g_sf,
         g_sd,
-        g_frame,
+        g_mul,
+        g_shift,
         sc_sb,
         sc_sf,
         sc_sd,
-        sc_frame,
+        sc_mul,
+        sc_shift,
         sh_sb,
         sh_sf,
         sh_sd,
-        sh_frame,
+        sh_mul,
+        sh_shift,
         eps,
         N: tl.constexpr,
         ITERS: tl.constexpr,
@@ -505,6 +568,7 @@ if triton is not None:
         OUT_FMA: tl.constexpr,
         KEEP: tl.constexpr,
         PREFETCH: tl.constexpr,
+        PER_FRAME: tl.constexpr,
     ):
         """One row per program: [residual + gate * x ->] fp32 LayerNorm [-> modulate].
 
@@ -515,8 +579,10 @@ if triton is not None:
         same FMA contractions, so the same bits.
         """
         row = tl.program_id(0).to(tl.int64)
-        bi = row // L
-        li = row % L
+        bi, li = _row_position(row, L, (l_mul, l_shift))
+        g_frame = (g_mul, g_shift, PER_FRAME)
+        sc_frame = (sc_mul, sc_shift, PER_FRAME)
+        sh_frame = (sh_mul, sh_shift, PER_FRAME)
         lanes = tl.arange(0, 128)
         vec = tl.arange(0, 4)
 
@@ -590,12 +656,12 @@ if triton is not None:
         m2 = tl.broadcast_to(tl.gather(m2, first, 1)[:, None, :], (ROWS, 4, 32))
         return tl.reshape(mean, (ROWS, 128)), tl.reshape(m2, (ROWS, 128))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_RECIPROCALS)
     def _fp32_norm_rows_kernel(
         X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, MEAN, RSTD, COEF,
-        stride_x, stride_res, stride_y, stride_res_out, L,
-        g_sb, g_sf, g_sd, g_frame, sc_sb, sc_sf, sc_sd, sc_frame,
-        sh_sb, sh_sf, sh_sd, sh_frame, M, eps,
+        stride_x, stride_res, stride_y, stride_res_out, L, l_mul, l_shift,
+        g_sb, g_sf, g_sd, g_mul, g_shift, sc_sb, sc_sf, sc_sd, sc_mul, sc_shift,
+        sh_sb, sh_sf, sh_sd, sh_mul, sh_shift, M, eps,
         N: tl.constexpr,
         ITERS: tl.constexpr,
         HAS_RESIDUAL: tl.constexpr,
@@ -616,6 +682,7 @@ if triton is not None:
         ROWS: tl.constexpr,
         KEEP: tl.constexpr,
         PREFETCH: tl.constexpr,
+        PER_FRAME: tl.constexpr,
     ):  # fmt: skip
         """``_fp32_norm_kernel`` as one warp (``num_warps=1``) over ROWS rows.
 
@@ -627,8 +694,10 @@ if triton is not None:
         row1 = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         row_ok = (row1 < M)[:, None, None]
         row = row1[:, None, None]
-        bi = row // L
-        li = row % L
+        bi, li = _row_position(row, L, (l_mul, l_shift))
+        g_frame = (g_mul, g_shift, PER_FRAME)
+        sc_frame = (sc_mul, sc_shift, PER_FRAME)
+        sh_frame = (sh_mul, sh_shift, PER_FRAME)
         lanes = tl.arange(0, 128)
         vec = tl.arange(0, 4)
 
