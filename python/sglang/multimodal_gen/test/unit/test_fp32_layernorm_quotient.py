@@ -83,7 +83,8 @@ KERNEL = textwrap.dedent(
     from sglang.kernels.ops.diffusion.norm.fp32_layernorm_triton import _quotient
 
 
-    @triton.jit
+    # as the norm kernels take them: a shift of 1 would otherwise be a constant
+    @triton.jit(do_not_specialize=["mul", "shift"])
     def quotients(N, Q, mul, shift, COUNT: tl.constexpr):
         i = tl.arange(0, COUNT)
         tl.store(Q + i, _quotient(tl.load(N + i), (mul, shift)))

@@ -135,7 +135,8 @@ if triton is not None:
         return cols, active
 
     # quotient_reciprocal's ints: every divisor gets its own (mul, shift), and
-    # specializing on them (multiples of 16) would only compile more variants
+    # specializing on them would only compile more variants (multiples of 16)
+    # or turn a shift of 1 into a constant, which _quotient does not take
     _RECIPROCALS = tuple(
         f"{operand}_{part}"
         for operand in ("l", "g", "sc", "sh")
