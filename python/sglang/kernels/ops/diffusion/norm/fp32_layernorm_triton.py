@@ -14,9 +14,12 @@ one a launch takes is a speed choice (``_tuning`` in the ops module). Neither
 divides in its merges: their count arithmetic depends only on D, so it is
 folded into compile-time constants (``merge_counts``; a table of the same
 numbers where a warp's lanes mix counts), and both run ATen's step between
-warps through ``_merge_warps``.
+warps through ``_merge_warps``. Nor do they divide to find a row's batch and
+frame: those are quotients by launch constants, taken as a multiply-high and a
+shift (``quotient_reciprocal``, ``_quotient``).
 Without Triton (or with one older than 3.5, which lacks ``constexpr_function``),
-``triton`` is ``None`` and nothing here is defined.
+``triton`` is ``None`` and only ``quotient_reciprocal`` (plain Python) is
+defined.
 """
 
 try:
@@ -33,9 +36,10 @@ except ImportError:  # CPU-only installs and platforms without Triton
     triton = None
     tl = None
 
-# a CUDA grid has fewer than 2**31 programs per dimension, and the kernels take
-# one row per program: every row index, and so every quotient's dividend, is
-# below this
+# a CUDA grid has fewer than 2**31 programs per dimension and the tuning gives
+# each program one row, so every row index, the dividend of every quotient the
+# kernels take, is below 2**31 (a row past the end of a multi-row program only
+# feeds masked loads)
 _QUOTIENT_BITS = 31
 
 
