@@ -30,7 +30,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.jit import type_canonicalisation_dict
+from triton.runtime.jit import mangle_type, type_canonicalisation_dict
 
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 
@@ -68,7 +68,7 @@ def launch_arguments(dim, fused, tuning, rows=0, mod_dtype=torch.float32):
 def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32):
     """Compile the kernel a launch of ``launch_arguments``' configuration takes,
     for ``arch``. Integer arguments are specialized as Triton specializes them
-    at a launch: an int is i32 or, past its range, i64; a 1 becomes a constant
+    at a launch: an int is typed by Triton's ``mangle_type``; a 1 becomes a constant
     and a multiple of 16 is marked divisible, unless the kernel opts the
     argument out (``do_not_specialize``); every pointer is 16-byte aligned."""
     launcher, pointers, ints, constexprs = launch_arguments(
@@ -81,12 +81,13 @@ def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32):
         aligned.append(name)
     params = launcher.fn.params[len(pointers) :]
     for name, value, param in zip(names[len(pointers) :], ints, params):
-        if value == 1 and not param.do_not_specialize:
+        specialize = not param.do_not_specialize
+        if value == 1 and specialize:
             signature[name] = "constexpr"
             constants[name] = 1
         else:
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0 and not param.do_not_specialize:
+            signature[name] = mangle_type(value)  # Triton's own i32 / i64 / u64
+            if value % 16 == 0 and specialize:
                 aligned.append(name)
     signature[names[len(pointers) + len(ints)]] = "fp32"  # eps
     for name in constexprs:
