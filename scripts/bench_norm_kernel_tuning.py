@@ -42,7 +42,7 @@ _NAMES = [
     kernel + knobs
     for knobs in ("", "-prefetch", "-keep", "-keep-prefetch")
     for kernel in ("block", "rows")
-]
+] + ["block-keep-warm", "block-keep-warm-cap"]
 VARIANTS = {"default": None, **{name: kb._variant(name) for name in _NAMES}}
 
 

@@ -12,8 +12,8 @@ the plans' own code builds them, on meta tensors, and Triton's launch-time
 specialization is replayed (1 as a constant, multiples of 16 divisible).
 
     PYTHONPATH=python python scripts/inspect_norm_kernel.py [--dims 1536,5120]
-        [--fused] [--mod-dtype fp32|bf16] [--keep] [--prefetch] [--rows N]
-        [--arch 90] [--dump DIR]
+        [--fused] [--mod-dtype fp32|bf16] [--frames F] [--keep] [--prefetch]
+        [--warm] [--cap] [--rows N] [--arch 90] [--dump DIR]
 
 ``--rows N`` compiles ``_fp32_norm_rows_kernel`` (one warp, N rows per
 program) instead of the 4-warp ``_fp32_norm_kernel``. Besides registers, it
@@ -37,12 +37,13 @@ from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
 _MOD_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def launch_arguments(dim, fused, tuning, rows=0, mod_dtype=torch.float32):
+def launch_arguments(dim, fused, tuning, rows=0, mod_dtype=torch.float32, frames=0):
     """The launcher (its kernel and compile options), the pointer dtypes, ints
     and constexprs, as ``_Plan`` builds
     them for a launch on Wan's operands: bf16 ``x`` of ``[1, 32760, dim]``,
     fp32 weight and bias, and (``fused``) a bf16 residual with ``[B, 1, D]``
-    gate, scale and shift of ``mod_dtype``. The plan is made on meta tensors,
+    (or, ``frames``, per-frame ``[B, frames, 1, D]``) gate, scale and shift of
+    ``mod_dtype``. The plan is made on meta tensors,
     so the rounding codes, strides and frame sizes are the ones a real launch
     of that configuration gets, from the same code."""
     meta = torch.device("meta")
@@ -52,8 +53,9 @@ def launch_arguments(dim, fused, tuning, rows=0, mod_dtype=torch.float32):
     residual = gate = scale = shift = res_out = None
     if fused:
         residual = res_out = torch.empty_like(x)
+        shape = (1, frames, 1, dim) if frames else (1, 1, dim)
         gate, scale, shift = (
-            torch.empty(1, 1, dim, dtype=mod_dtype, device=meta) for _ in range(3)
+            torch.empty(shape, dtype=mod_dtype, device=meta) for _ in range(3)
         )
     tuning = {**tuning, "ROWS": rows} if rows else tuning
     plan = kb._Plan(x, weight, bias, 1e-6, residual, gate, scale, shift, tuning=tuning)
@@ -65,14 +67,15 @@ def launch_arguments(dim, fused, tuning, rows=0, mod_dtype=torch.float32):
     return plan.launcher, pointers, plan.ints, plan.constexprs
 
 
-def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32):
+def compile_kernel(dim, fused, tuning, arch, rows=0, mod_dtype=torch.float32,
+                   frames=0):  # fmt: skip
     """Compile the kernel a launch of ``launch_arguments``' configuration takes,
     for ``arch``. Integer arguments are specialized as Triton specializes them
     at a launch: an int is typed by Triton's ``mangle_type``; a 1 becomes a constant
     and a multiple of 16 is marked divisible, unless the kernel opts the
     argument out (``do_not_specialize``); every pointer is 16-byte aligned."""
     launcher, pointers, ints, constexprs = launch_arguments(
-        dim, fused, tuning, rows, mod_dtype
+        dim, fused, tuning, rows, mod_dtype, frames
     )
     names = launcher.fn.arg_names
     signature, constants, aligned = {}, dict(constexprs), []
@@ -127,19 +130,29 @@ def main(argv=None) -> None:
     )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="KEEP=True")
     parser.add_argument("--prefetch", action="store_true", help="PREFETCH=True")
+    parser.add_argument("--warm", action="store_true", help="WARM_L1=True")
+    parser.add_argument("--cap", action="store_true", help="the register cap")
+    parser.add_argument(
+        "--frames", type=int, default=0, help="per-frame modulation, F frames"
+    )
     parser.add_argument(
         "--rows", type=int, default=0, help="the warp-per-row kernel, N rows"
     )
     parser.add_argument("--arch", type=int, default=90, help="SM version (90: H100)")
     parser.add_argument("--dump", help="write ttgir/ptx per dim into this folder")
     args = parser.parse_args(argv)
-    tuning = kb._variant("block" + "-keep" * args.keep + "-prefetch" * args.prefetch)
+    knobs = ("keep", "prefetch", "warm", "cap")
+    tuning = kb._variant(
+        ("rows" if args.rows else "block")
+        + "".join(f"-{k}" for k in knobs if getattr(args, k))
+    )
     out = args.dump or "/tmp"
     os.makedirs(out, exist_ok=True)
     for dim in map(int, args.dims.split(",")):
         compiled = compile_kernel(
-            dim, args.fused, tuning, args.arch, args.rows, _MOD_DTYPES[args.mod_dtype]
-        )
+            dim, args.fused, tuning, args.arch, args.rows,
+            _MOD_DTYPES[args.mod_dtype], args.frames,
+        )  # fmt: skip
         stem = os.path.join(out, f"fp32_norm_d{dim}")
         if args.dump:
             for kind in ("ttgir", "ptx"):

@@ -138,3 +138,33 @@ def test_offline_build_is_the_launch_a_plan_makes(inspect, mod_dtype, code, load
     # a row's batch is a multiply-high and a shift: no integer division left
     # (four div.s32 before, about 80 of 624 instructions at D=1280)
     assert not re.search(r"\b(div|rem)\.[su](32|64)", compiled.asm["ptx"])
+
+
+@pytest.mark.parametrize("mod_dtype, variant", [
+    (torch.bfloat16, "block-keep-warm-cap"), (torch.float32, "block-keep-warm"),
+])  # fmt: skip
+def test_per_frame_variants_prefetch_and_hold_no_more_registers(
+    inspect, tmp_path, mod_dtype, variant
+):
+    """What the table takes for ScaleResidual with per-frame modulation at
+    D = 5120: every lane prefetches its scale and shift tiles into L1 (a
+    hint: the loads are those of the kernel without it), and the cap holds
+    the kernel to 72 registers without a spill, which would eat the seventh
+    row per SM it is there for."""
+    tuning = kb._variant(variant)
+    build = inspect.compile_kernel(
+        5120, True, tuning, 90, mod_dtype=mod_dtype, frames=21
+    )
+    plain = inspect.compile_kernel(
+        5120, True, kb._variant("block-keep"), 90, mod_dtype=mod_dtype, frames=21
+    )
+    ptx, plain_ptx = build.asm["ptx"], plain.asm["ptx"]
+    # ten tiles of 128 lanes x 4 columns, two operands
+    assert ptx.count("prefetch.global.L1 ") == 20 and "prefetch" not in plain_ptx
+    loads = re.findall(r"ld\.global\.[\w:.]*", ptx)
+    assert sorted(loads) == sorted(re.findall(r"ld\.global\.[\w:.]*", plain_ptx))
+    usage = inspect.resources(build, str(tmp_path / "k.cubin"))
+    regs, stack = map(int, re.search(r"registers (\d+) stack (\d+)", usage).groups())
+    plain_regs = int(re.search(r"registers (\d+)", inspect.resources(
+        plain, str(tmp_path / "p.cubin"))).group(1))  # fmt: skip
+    assert stack == 0 and regs <= (72 if tuning["CAP"] else plain_regs), usage

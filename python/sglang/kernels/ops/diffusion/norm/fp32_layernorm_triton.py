@@ -6,6 +6,8 @@ the numerics contract they implement).
 
 * ``_fp32_norm_kernel``: four warps per row, ATen's 128 lanes one per thread;
   each warp's merged state crosses to the others once, through shared memory;
+  it can ask L1 for a row's scale and shift when the row starts (WARM_L1, a
+  prefetch: no value, no result bit);
 * ``_fp32_norm_rows_kernel``: one warp over ROWS rows, each thread playing four
   of ATen's lanes, so ATen's step between warps needs no exchange at all.
 
@@ -164,6 +166,14 @@ if triton is not None:
         return bi.to(tl.int64), (r - bi * L).to(tl.int64)
 
     @triton.jit
+    def _modulation_row(bi, li, stride_b, stride_f, frame):
+        # where row li of batch bi finds its modulation row: frame li // (L // F)
+        fi = li
+        if frame[2]:
+            fi = _quotient(li, frame).to(tl.int64)
+        return bi * stride_b + fi * stride_f
+
+    @triton.jit
     def _load_modulation(ptr, bi, li, cols, mask, stride_b, stride_f, stride_d, frame):
         # a [B, F, D] view broadcast over the L rows of a batch: row li reads
         # frame li // (L // F); ``frame`` holds that divisor's
@@ -171,13 +181,31 @@ if triton is not None:
         # (stride_f 0) or L, so the frame is li and no quotient is taken. Every
         # row of a frame reads the same modulation row: evict_last keeps it in
         # L1 against the streamed rows (H200, see _load_row)
-        fi = li
-        if frame[2]:
-            fi = _quotient(li, frame).to(tl.int64)
-        offs = bi * stride_b + fi * stride_f + cols * stride_d
+        offs = _modulation_row(bi, li, stride_b, stride_f, frame) + cols * stride_d
         return tl.load(
             ptr + offs, mask=mask, other=0.0, eviction_policy="evict_last"
         ).to(tl.float32)
+
+    @triton.jit
+    def _prefetch_modulation(ptr, bi, li, lanes, stride_b, stride_f, stride_d,
+                             frame, N: tl.constexpr, ITERS: tl.constexpr):  # fmt: skip
+        # a hint, no value: ask L1 for the row's modulation (one address per
+        # lane and tile, as _load_modulation will read it) at the start of the
+        # row, so that the output pass, after the statistics, finds it there
+        # instead of waiting on L2. A prefetch has no destination register.
+        base = _modulation_row(bi, li, stride_b, stride_f, frame)
+        for k in tl.static_range(ITERS):
+            vidx = k * 128 + lanes
+            # a lane without a vector asks for the row's first one again
+            offs = base + tl.where(vidx < N // 4, vidx * 4, 0) * stride_d
+            tl.inline_asm_elementwise(
+                "prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;",
+                "=r,l",
+                [(ptr + offs).to(tl.int64)],
+                dtype=tl.int32,
+                is_pure=False,
+                pack=1,
+            )
 
     @triton.jit
     def _load_row(ptr, offs, mask):
@@ -574,6 +602,7 @@ if triton is not None:
         KEEP: tl.constexpr,
         PREFETCH: tl.constexpr,
         PER_FRAME: tl.constexpr,
+        WARM_L1: tl.constexpr,
     ):
         """One row per program: [residual + gate * x ->] fp32 LayerNorm [-> modulate].
 
@@ -590,6 +619,13 @@ if triton is not None:
         sh_frame = (sh_mul, sh_shift, PER_FRAME)
         lanes = tl.arange(0, 128)
         vec = tl.arange(0, 4)
+        if WARM_L1 and HAS_MOD:
+            _prefetch_modulation(
+                SCALE, bi, li, lanes, sc_sb, sc_sf, sc_sd, sc_frame, N, ITERS
+            )
+            _prefetch_modulation(
+                SHIFT, bi, li, lanes, sh_sb, sh_sf, sh_sd, sh_frame, N, ITERS
+            )
 
         mean = tl.zeros([128], dtype=tl.float32)
         m2 = tl.zeros([128], dtype=tl.float32)
