@@ -39,9 +39,13 @@ needs_triton = pytest.mark.skipif(kb.triton is None, reason="needs Triton")
         (32760, 5120, True, True, True, 4, "block-keep-warm"),
         (75600, 5120, True, True, True, 2, "block-keep-warm-cap"),
         (16384, 5120, True, True, True, 2, "block-keep-warm-cap"),
-        # ... and nowhere else: fewer rows, D = 3072, [B, 1, D], no residual
+        # ... and nowhere else: fewer rows, narrower or wider rows, [B, 1, D],
+        # no residual
         (4096, 5120, True, True, True, 2, "block-keep"),
         (32760, 3072, True, True, True, 4, "block-keep"),
+        (32760, 4096, True, True, True, 2, "block-keep"),
+        (32760, 4608, True, True, True, 2, "block-keep"),
+        (32760, 4612, True, True, True, 2, "block-keep-warm-cap"),
         (32760, 5120, True, True, False, 2, "block-keep"),
         (32760, 5120, False, True, True, 4, "block-keep"),
         (32760, 8192, True, True, True, 2, "block-keep"),

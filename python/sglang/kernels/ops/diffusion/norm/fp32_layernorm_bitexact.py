@@ -109,9 +109,10 @@ _ATEN_REPLAY = {
 #   start (a prefetch: no register held), where the output pass would wait on
 #   L2 after the statistics; CAP: the block kernel compiled with at most
 #   _REGISTER_CAP registers per thread (seven rows per SM instead of six).
-#   For ScaleResidual with per-frame modulation at 3072 < D <= 5120 from
+#   For ScaleResidual with per-frame modulation at 4608 < D <= 5120 from
 #   4 x _MANY_ROWS rows (measured at D = 5120, 32760 and 75600 tokens; session
-#   14): WARM_L1 with fp32 modulation (32760 tokens 392.5 against 429.5 us,
+#   14; offline, the kernel holds at most 72 registers anyway up to D = 4608
+#   and the capped build spills at 4096): WARM_L1 with fp32 modulation (32760 tokens 392.5 against 429.5 us,
 #   75600 857.9 against 901.0), both with bf16 (367.0 against 380.2 and 788.0
 #   against 810.8; with fp32 the cap spills and costs). Both cost elsewhere:
 #   per-frame at D <= 3072 up to 1.15x, [B, 1, D] up to 1.09x,
@@ -152,7 +153,7 @@ def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
     elements = rows * dim
     if elements <= _FEW_ELEMENTS:
         return _variant("block-keep-prefetch")
-    wide = 3072 < dim <= 5120
+    wide = 4608 < dim <= 5120
     if residual and modulated and per_frame and wide and rows >= 4 * _MANY_ROWS:
         return _variant("block-keep-warm" + "-cap" * (mod_itemsize < 4))
     if dim <= 1536 and rows >= _MANY_ROWS:
