@@ -110,13 +110,14 @@ _ATEN_REPLAY = {
 #   L2 after the statistics; CAP: the block kernel compiled with at most
 #   _REGISTER_CAP registers per thread (seven rows per SM instead of six).
 #   For ScaleResidual with per-frame modulation at 4608 < D <= 5120 from
-#   4 x _MANY_ROWS rows (measured at D = 5120, 32760 and 75600 tokens; session
-#   14; offline, the kernel holds at most 72 registers anyway up to D = 4608
-#   and the capped build spills at 4096): WARM_L1 with fp32 modulation (32760 tokens 392.5 against 429.5 us,
-#   75600 857.9 against 901.0), both with bf16 (367.0 against 380.2 and 788.0
-#   against 810.8; with fp32 the cap spills and costs). Both cost elsewhere:
-#   per-frame at D <= 3072 up to 1.15x, [B, 1, D] up to 1.09x,
-#   LayerNormScaleShift up to 1.34x.
+#   4 x _MANY_ROWS rows (measured at D = 5120, 32760 and 75600 tokens,
+#   session 14; offline, the kernel holds at most 72 registers anyway up to
+#   D = 4608, and the capped build spills at 4096): WARM_L1 with fp32
+#   modulation (32760 tokens 392.5 against 429.5 us, 75600 857.9 against
+#   901.0), both with bf16 (367.0 against 380.2 and 788.0 against 810.8; with
+#   fp32 the cap spills and costs). Both cost elsewhere: per-frame at
+#   D <= 3072 up to 1.15x, [B, 1, D] up to 1.09x, LayerNormScaleShift up to
+#   1.34x.
 # Session 10 timed every variant again at the shapes that still trail
 # upstream's CuTe kernel: the choices above were the fastest, or within 1%,
 # in five of eight, and no variant closed a miss (docs/kernel-notes.md).
