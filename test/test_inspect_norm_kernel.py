@@ -33,12 +33,18 @@ def inspect():
 PLAIN = kb._variant("block")
 
 
+def _registers_and_stack(usage: str) -> tuple:
+    """Registers per thread and stack bytes from ``resources``' line."""
+    found = re.search(r"registers (\d+) stack (\d+)", usage)
+    return int(found.group(1)), int(found.group(2))
+
+
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("dim", [1536, 5120])
 def test_kernel_fits_the_register_budget(inspect, tmp_path, dim, fused):
     compiled = inspect.compile_kernel(dim, fused, PLAIN, 90)
     usage = inspect.resources(compiled, str(tmp_path / "k.cubin"))
-    regs, stack = map(int, re.search(r"registers (\d+) stack (\d+)", usage).groups())
+    regs, stack = _registers_and_stack(usage)
     # <= 64 registers keeps >= 8 rows (32 warps) in flight per SM; no spills
     assert regs <= 64 and stack == 0, usage
 
@@ -51,7 +57,7 @@ def test_warp_per_row_kernel_has_no_barriers(inspect, tmp_path, dim, fused):
     took their own layout) would undo what it is for."""
     compiled = inspect.compile_kernel(dim, fused, PLAIN, 90, rows=1)
     usage = inspect.resources(compiled, str(tmp_path / "k.cubin"))
-    regs, stack = map(int, re.search(r"registers (\d+) stack (\d+)", usage).groups())
+    regs, stack = _registers_and_stack(usage)
     barriers = int(re.search(r"(\d+) barriers", usage).group(1))
     # one warp per program: <= 96 registers keeps >= 21 rows in flight per SM
     assert barriers == 0 and stack == 0 and regs <= 96, usage
@@ -164,7 +170,8 @@ def test_per_frame_variants_prefetch_and_hold_no_more_registers(
     loads = re.findall(r"ld\.global\.[\w:.]*", ptx)
     assert sorted(loads) == sorted(re.findall(r"ld\.global\.[\w:.]*", plain_ptx))
     usage = inspect.resources(build, str(tmp_path / "k.cubin"))
-    regs, stack = map(int, re.search(r"registers (\d+) stack (\d+)", usage).groups())
-    plain_regs = int(re.search(r"registers (\d+)", inspect.resources(
-        plain, str(tmp_path / "p.cubin"))).group(1))  # fmt: skip
+    regs, stack = _registers_and_stack(usage)
+    plain_regs, _ = _registers_and_stack(
+        inspect.resources(plain, str(tmp_path / "p.cubin"))
+    )
     assert stack == 0 and regs <= (72 if tuning["CAP"] else plain_regs), usage
