@@ -15,14 +15,17 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
+from sglang.kernels.ops.diffusion.norm import fp32_layernorm_select as sel
 from sglang.kernels.ops.diffusion.norm.fp32_layernorm_triton import (
     quotient_reciprocal,
     triton,
 )
+from sglang.multimodal_gen.runtime.layers import layernorm as ln
 
-from _shared import DEVICES, run_python
+from _shared import DEVICES, HAS_CUDA, run_python
 
 needs_triton = pytest.mark.skipif(triton is None, reason="needs Triton")
 
@@ -184,3 +187,56 @@ def test_only_per_frame_modulation_takes_the_quotient(
     assert (named["l_mul"], named["l_shift"]) == quotient_reciprocal(seq)
     assert (named["sc_mul"], named["sc_shift"]) == quotient_reciprocal(frame)
     assert (named["sc_sf"], named["L"]) == (frame_stride, seq)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@needs_triton
+@pytest.mark.parametrize("module", ["FP32LayerNorm", "LayerNormScaleShift",
+                                    "ScaleResidualLayerNormScaleShift"])  # fmt: skip
+def test_more_rows_than_a_launch_takes_go_to_the_reference(module, monkeypatch):
+    """A launch has at most 2**31 - 1 rows (a CUDA grid's programs, the int32
+    row arithmetic above); more go to the reference instead of failing to
+    launch. The limit is lowered here so that a small tensor crosses it: at
+    the limit the modules launch a plan, one row past it none, and both give
+    the reference's bits."""
+    assert kb._KERNEL_MAX_ROWS == 2**31 - 1
+    limit, dim = 24, 64
+    monkeypatch.setattr(kb, "_KERNEL_MAX_ROWS", limit)
+    gen = torch.Generator().manual_seed(31)
+
+    def rnd(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, generator=gen).to("cuda", dtype)
+
+    m = getattr(ln, module)(dim, eps=1e-6, elementwise_affine=True).cuda()
+    norm = m if module == "FP32LayerNorm" else m.norm
+    with torch.no_grad():
+        norm.weight.copy_(rnd(dim, dtype=torch.float32) * 0.5 + 1)
+        norm.bias.copy_(rnd(dim, dtype=torch.float32) * 0.5)
+
+    def reference_norm(t):
+        return F.layer_norm(
+            t.float(), (dim,), norm.weight.float(), norm.bias.float(), 1e-6
+        ).to(t.dtype)
+
+    for rows, launches in ((limit, True), (limit + 1, False)):
+        monkeypatch.setattr(kb, "_PLANS", {})
+        monkeypatch.setattr(sel, "_RUNNERS", {})
+        x, residual = rnd(1, rows, dim), rnd(1, rows, dim)
+        gate, shift, scale = (rnd(1, 1, dim) * 0.3 for _ in range(3))
+        with torch.no_grad():
+            if module == "FP32LayerNorm":
+                got, want = m(x), reference_norm(x)
+            elif module == "LayerNormScaleShift":
+                got = m(x, shift, scale)
+                want = sel.norm_scale_shift_chain(reference_norm, x, shift, scale)
+            else:
+                got = m(residual, x, gate, shift, scale)
+                want = sel.scale_residual_norm_scale_shift_chain(
+                    reference_norm, residual, x, gate, shift, scale
+                )
+        assert bool(kb._PLANS) is launches, (rows, list(kb._PLANS))
+        for g, w in zip(got if isinstance(got, tuple) else (got,),
+                        want if isinstance(want, tuple) else (want,)):  # fmt: skip
+            assert g.dtype == torch.bfloat16
+            assert torch.equal(g, w), (rows, (g != w).sum().item())

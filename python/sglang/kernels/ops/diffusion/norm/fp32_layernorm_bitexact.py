@@ -39,8 +39,8 @@ Numerics contract (``torch.equal`` against the references, every path):
 Applies to: CUDA, D % 4 == 0 and D <= 8192 (ATen takes its vectorized, and so
 replayable, kernel only for those), fp32 parameters 16-byte aligned (the
 reference hands them to ATen as they are, and ATen vectorizes only aligned
-operands). Triton is optional: without it the predicates say no and nothing
-here launches.
+operands), at most 2**31 - 1 rows (a program each). Triton is optional:
+without it the predicates say no and nothing here launches.
 """
 
 from typing import Optional
@@ -169,6 +169,10 @@ def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
 
 # rows of at most this many elements fit the kernel's unrolled per-lane loop
 _KERNEL_MAX_D = 8192
+# a launch has a program per row (the rows kernel fewer), at most a CUDA grid's
+# 2**31 - 1, and the kernels take a row's batch and frame in 32-bit arithmetic
+# (quotient_reciprocal): larger tensors go to the reference
+_KERNEL_MAX_ROWS = (1 << 31) - 1
 _ROUNDING_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _REDUCED = (torch.bfloat16, torch.float16)
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -567,8 +571,9 @@ def can_use_fp32_layernorm_bitexact(
     """Whether ``fp32_layernorm_bitexact`` reproduces the reference for these.
 
     CUDA bf16/fp16 ``x``, a 1-D ``normalized_shape`` with D % 4 == 0 and
-    D <= 8192, parameters absent, in ``x.dtype``, or fp32 and 16-byte aligned,
-    on ``x``'s device; not while compiling (the op is opaque there anyway).
+    D <= 8192, at most 2**31 - 1 rows, parameters absent, in ``x.dtype``, or
+    fp32 and 16-byte aligned, on ``x``'s device; not while compiling (the op is
+    opaque there anyway).
     """
     return (
         triton is not None
@@ -577,6 +582,7 @@ def can_use_fp32_layernorm_bitexact(
         and len(normalized_shape) == 1
         and _kernel_shape_ok(normalized_shape[0])
         and x.shape[-1] == normalized_shape[0]
+        and x.numel() // normalized_shape[0] <= _KERNEL_MAX_ROWS
         and _param_ok(weight, x)
         and _param_ok(bias, x)
     )
@@ -608,14 +614,17 @@ def can_use_fused_layernorm_scale_shift_bitexact(
 ) -> bool:
     """Whether the fused ops reproduce the eager chain for these operands.
 
-    CUDA ``x`` of shape ``[B, L, D]`` (D % 4 == 0, D <= 8192) in fp32, bf16 or
-    fp16; a residual of ``x``'s shape; modulations in those dtypes, in a layout
-    the kernel reads (scalar, ``[D]``, ``[B|1, D]``, ``[B|1, L|1, D]``,
-    per-frame ``[B, F, 1, D]``); parameters as for the single norm.
+    CUDA ``x`` of shape ``[B, L, D]`` (D % 4 == 0, D <= 8192, at most
+    2**31 - 1 rows B * L) in fp32, bf16 or fp16; a residual of ``x``'s shape;
+    modulations in those dtypes, in a layout the kernel reads (scalar, ``[D]``,
+    ``[B|1, D]``, ``[B|1, L|1, D]``, per-frame ``[B, F, 1, D]``); parameters as
+    for the single norm.
     """
     if triton is None or not x.is_cuda or x.dim() != 3:
         return False
     if not _kernel_shape_ok(x.shape[-1]) or x.dtype not in _KERNEL_DTYPES:
+        return False
+    if x.shape[0] * x.shape[1] > _KERNEL_MAX_ROWS:
         return False
     if residual is not None and residual.shape != x.shape:
         return False
