@@ -138,10 +138,10 @@ def _variant(name: str) -> dict:
     allowed = {"keep", "prefetch"} | ({"warm", "cap"} if kernel == "block" else set())
     if kernel not in ("block", "rows") or not set(knobs) <= allowed:
         raise ValueError(f"unknown kernel variant {name!r}")
+    shared = {"KEEP": "keep" in knobs, "PREFETCH": "prefetch" in knobs}
     if kernel == "rows":
-        return {"ROWS": 1, "KEEP": "keep" in knobs, "PREFETCH": "prefetch" in knobs}
-    return {"KEEP": "keep" in knobs, "PREFETCH": "prefetch" in knobs,
-            "WARM_L1": "warm" in knobs, "CAP": "cap" in knobs}  # fmt: skip
+        return {"ROWS": 1, **shared}
+    return {**shared, "WARM_L1": "warm" in knobs, "CAP": "cap" in knobs}
 
 
 def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
