@@ -25,8 +25,10 @@ ranks, and never more often than parameters were refilled in place, which proves
 the scenario exercises the bug; ours must never go stale. Fp32 parameters are used as they are (no cache), so the control
 cannot go stale in that variant.
 
-Runs with gloo on CPU (CI) and with NCCL on two GPUs (``gpu``/``multi_gpu``). The
-ranks are subprocesses running this file as a script.
+Runs with gloo on CPU (CI), with gloo on one GPU shared by both ranks (``gpu``:
+the CUDA kernels under FSDP2's parameter swaps, where NCCL would need a GPU per
+rank), and with NCCL on two GPUs (``gpu``/``multi_gpu``). The ranks are
+subprocesses running this file as a script.
 """
 
 import json
@@ -288,8 +290,10 @@ def worker(rank, world, backend, device_type, store_path, out_path):
     result = {"rank": rank}
     try:
         if device_type == "cuda":
-            torch.cuda.set_device(rank)
-            device = torch.device("cuda", rank)
+            # one GPU per rank where there are enough (NCCL needs that); gloo
+            # ranks may share one
+            device = torch.device("cuda", rank % torch.cuda.device_count())
+            torch.cuda.set_device(device)
         else:
             device = torch.device("cpu")
         dist.init_process_group(
@@ -395,6 +399,16 @@ def test_fsdp2_two_ranks_gloo_cpu(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     _check(_launch(tmp_path, "gloo", "cpu"), "cpu/gloo")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fsdp2_two_ranks_gloo_one_cuda(tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    _check(_launch(tmp_path, "gloo", "cuda"), "cuda/gloo")
 
 
 @pytest.mark.gpu
