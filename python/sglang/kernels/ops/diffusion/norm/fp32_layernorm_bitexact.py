@@ -217,9 +217,10 @@ def _merge_coefficients(dim: int, device: torch.device) -> torch.Tensor:
     return _COEFFICIENTS.setdefault(key, table)
 
 
-def _kernel_shape_ok(d: int) -> bool:
-    # ATen takes its vectorized (and so replayable) path only for D % 4 == 0
-    return 0 < d <= _KERNEL_MAX_D and d % 4 == 0
+def _kernel_shape_ok(rows: int, d: int) -> bool:
+    # ATen takes its vectorized (and so replayable) path only for D % 4 == 0;
+    # a launch takes at most _KERNEL_MAX_ROWS rows
+    return 0 < d <= _KERNEL_MAX_D and d % 4 == 0 and rows <= _KERNEL_MAX_ROWS
 
 
 def _aligned(t: Optional[torch.Tensor], nbytes: int) -> bool:
@@ -580,9 +581,8 @@ def can_use_fp32_layernorm_bitexact(
         and x.is_cuda
         and x.dtype in _REDUCED
         and len(normalized_shape) == 1
-        and _kernel_shape_ok(normalized_shape[0])
         and x.shape[-1] == normalized_shape[0]
-        and x.numel() // normalized_shape[0] <= _KERNEL_MAX_ROWS
+        and _kernel_shape_ok(x.numel() // max(x.shape[-1], 1), x.shape[-1])
         and _param_ok(weight, x)
         and _param_ok(bias, x)
     )
@@ -622,9 +622,8 @@ def can_use_fused_layernorm_scale_shift_bitexact(
     """
     if triton is None or not x.is_cuda or x.dim() != 3:
         return False
-    if not _kernel_shape_ok(x.shape[-1]) or x.dtype not in _KERNEL_DTYPES:
-        return False
-    if x.shape[0] * x.shape[1] > _KERNEL_MAX_ROWS:
+    batch, seq_len, dim = x.shape
+    if not _kernel_shape_ok(batch * seq_len, dim) or x.dtype not in _KERNEL_DTYPES:
         return False
     if residual is not None and residual.shape != x.shape:
         return False
@@ -642,7 +641,6 @@ def can_use_fused_layernorm_scale_shift_bitexact(
             return False
         if p.dtype == torch.float32 and not _aligned(p, 16):
             return False
-    batch, seq_len, dim = x.shape
     try:
         for t in (scale, shift, gate):
             if t is not None:
