@@ -393,21 +393,22 @@ def _check(results, device_type):
     assert control_stale > 0, lines
 
 
-def test_fsdp2_two_ranks_gloo_cpu(tmp_path):
+def _skip_without_gloo():
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
+
+
+def test_fsdp2_two_ranks_gloo_cpu(tmp_path):
+    _skip_without_gloo()
     _check(_launch(tmp_path, "gloo", "cpu"), "cpu/gloo")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fsdp2_two_ranks_gloo_one_cuda(tmp_path):
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
+    _skip_without_gloo()
     _check(_launch(tmp_path, "gloo", "cuda"), "cuda/gloo")
 
 
