@@ -175,12 +175,16 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.skipif(triton is None, reason="needs Triton (its interpreter)")
 @pytest.mark.parametrize(
-    "kernel", ["rows", "block", "rows-keep-prefetch", "block-keep-prefetch"]
+    "kernel",
+    ["rows", "block", "rows-keep-prefetch", "block-keep-prefetch", "block-keep-loop2"],
 )
 def test_kernel_matches_a_replay_of_its_algorithm_under_the_interpreter(kernel):
     """Both kernels, a warp per row and four warps per row, each loading the
     row's tiles and operands in the output pass, or with them kept in registers
-    from the first pass (KEEP, PREFETCH)."""
+    from the first pass (KEEP, PREFETCH); and the four-warp kernel over a grid
+    of two programs, each looping over its chunk of the rows (LOOP: off CUDA
+    a plan counts one SM, so chunks of 5 and 4 rows, or 6 and 6, crossing the
+    per-frame operands' frames of 3 rows)."""
     proc = run_python(CHILD, kernel, env={"TRITON_INTERPRET": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

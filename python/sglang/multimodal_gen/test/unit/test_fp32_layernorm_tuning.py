@@ -3,9 +3,10 @@
 
 The variants compute the same bits (the GPU sweeps in
 test_fp32_layernorm_fast_paths.py run each one); these cases pin the table as
-measured on an H200, check that a plan hands the kernel its knobs and the
-launcher its compile options, and run the fused module at the width where
-the table takes the L1 prefetch and the register cap.
+measured on an H200, check that a plan hands the kernel its knobs, the
+launcher its compile options and the grid its programs, and run the fused
+modules with per-frame modulation at the widths where the table takes the L1
+prefetch and the register cap, or the looping grid.
 """
 
 import pytest
@@ -59,16 +60,60 @@ def test_plans_take_the_measured_variant_per_regime(
     assert got == kb._variant(variant)
 
 
+@pytest.mark.parametrize(
+    "rows, dim, residual, mod_itemsize, frame_rows, variant",
+    [
+        # per-frame modulation, frames of at most 2048 rows (Wan at 32760
+        # tokens: 1560), D = 3072 and 5120 but ScaleResidual at 5120: a
+        # looping grid, its programs per SM by kernel and modulation width
+        (32760, 5120, False, 2, 1560, "block-keep-loop18"),
+        (65520, 5120, False, 4, 1560, "block-keep-loop7"),
+        (32760, 3072, False, 2, 1560, "block-keep-loop24"),
+        (32760, 3072, False, 4, 1560, "block-keep-loop20"),
+        (32760, 3072, True, 2, 1560, "block-keep-loop18"),
+        (16384, 3072, True, 4, 2048, "block-keep-loop16"),
+        (16384, 2564, True, 2, 780, "block-keep-loop18"),  # ITERS 6, as 3072
+        # ... and not: larger frames (75600 tokens: 3600 rows), fewer rows,
+        # ScaleResidual at 5120 (its own rule), other widths, D <= 1536 (the
+        # rows kernels), no per-frame operand
+        (75600, 5120, False, 2, 3600, "block-keep"),
+        (32760, 3072, True, 2, 2049, "block-keep"),
+        (16380, 5120, False, 2, 780, "block-keep"),
+        (32760, 5120, True, 2, 1560, "block-keep-warm-cap"),
+        (32760, 4096, False, 2, 1560, "block-keep"),
+        (32760, 2560, False, 2, 1560, "block-keep"),
+        (32760, 1536, False, 2, 1560, "rows"),
+        (32760, 1280, True, 2, 1560, "rows-keep"),
+        (32760, 3072, True, 2, 0, "block-keep"),
+    ],
+)
+def test_per_frame_plans_loop_where_frames_are_short(
+    rows, dim, residual, mod_itemsize, frame_rows, variant
+):
+    """LOOP as measured (H200, session 16): LayerNormScaleShift 32760x5120
+    with per-frame bf16 modulation 0.80x the one-row kernel, 0.84x with fp32;
+    at 75600 tokens 0.96-1.09x, so not there."""
+    got = kb._tuning(rows, dim, residual, True, frame_rows > 0, mod_itemsize,
+                     frame_rows)  # fmt: skip
+    assert got == kb._variant(variant)
+
+
 def test_kernel_variant_names_parse_or_fail_in_one_line():
     assert kb._variant("rows-keep") == {"ROWS": 1, "KEEP": True, "PREFETCH": False}
     assert kb._variant("block") == {
-        "KEEP": False, "PREFETCH": False, "WARM_L1": False, "CAP": False,
+        "KEEP": False, "PREFETCH": False, "WARM_L1": False, "CAP": False, "LOOP": 0,
     }  # fmt: skip
     assert kb._variant("block-keep-warm-cap") == {
-        "KEEP": True, "PREFETCH": False, "WARM_L1": True, "CAP": True,
+        "KEEP": True, "PREFETCH": False, "WARM_L1": True, "CAP": True, "LOOP": 0,
     }  # fmt: skip
-    # warm and cap are the four-warp kernel's knobs
-    for bad in ("warp", "rows-fast", "block-keep-keep-x", "rows-warm", "rows-cap"):
+    assert kb._variant("block-keep-loop18") == {
+        "KEEP": True, "PREFETCH": False, "WARM_L1": False, "CAP": False, "LOOP": 18,
+    }  # fmt: skip
+    # warm, cap and loop are the four-warp kernel's knobs; loop comes last
+    # and counts programs per SM
+    for bad in ("warp", "rows-fast", "block-keep-keep-x", "rows-warm", "rows-cap",
+                "rows-loop2", "block-loop", "block-loop0", "block-loop2-keep",
+                "block-loopx", "block-keep-loop-2"):  # fmt: skip
         with pytest.raises(ValueError, match="unknown kernel variant"):
             kb._variant(bad)
 
@@ -109,26 +154,57 @@ def test_plan_hands_knobs_to_the_kernel_and_the_cap_to_the_launcher(
     names = plan.launcher.fn.arg_names
     assert set(plan.constexprs) <= set(names)
     assert len(plan.tail) == len(names) - kb._N_POINTER_ARGS - len(plan.ints) - 1
+    assert plan.constexprs["LOOP"] is False and plan.grid == (32760, 1, 1)
+
+
+@needs_triton
+@pytest.mark.parametrize("mod_dtype, loop", [(torch.bfloat16, 24), (torch.float32, 20)])
+def test_plan_hands_the_loop_to_the_grid(mod_dtype, loop):
+    """A looping plan: the kernel is told only that it loops; the grid holds
+    LOOP programs per SM (meta tensors count one SM) and the ints end with
+    the rows, which the kernel splits into the programs' chunks."""
+    meta = torch.device("meta")
+    x = torch.empty(1, 32760, 3072, dtype=torch.bfloat16, device=meta)
+    scale, shift = (torch.empty(1, 21, 1, 3072, dtype=mod_dtype, device=meta)
+                    for _ in range(2))  # fmt: skip
+    plan = kb._Plan(x, None, None, 1e-6, None, None, scale, shift)
+    assert plan.tuning == kb._variant(f"block-keep-loop{loop}")
+    assert plan.constexprs["LOOP"] is True and plan.constexprs["PER_FRAME"]
+    assert plan.grid == (loop, 1, 1)
+    assert plan.ints[-1] == 32760
+    assert plan.launcher is kb._LAUNCHER
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @needs_triton
 @pytest.mark.parametrize(
-    "mod_dtype, variant",
-    [(torch.bfloat16, "block-keep-warm-cap"), (torch.float32, "block-keep-warm")],
+    "residual, dim, mod_dtype, variant",
+    [
+        (True, 5120, torch.bfloat16, "block-keep-warm-cap"),
+        (True, 5120, torch.float32, "block-keep-warm"),
+        (True, 3072, torch.float32, "block-keep-loop16"),
+        (False, 5120, torch.bfloat16, "block-keep-loop18"),
+        (False, 5120, torch.float32, "block-keep-loop7"),
+        (False, 3072, torch.bfloat16, "block-keep-loop24"),
+    ],
 )
-def test_scale_residual_per_frame_at_wan_width_equals_chain(
-    mod_dtype, variant, monkeypatch
+def test_per_frame_modulation_at_wan_widths_equals_chain(
+    residual, dim, mod_dtype, variant, monkeypatch
 ):
-    """ScaleResidual at D = 5120 with Wan's per-frame modulation
-    ([B, 21, 1, D], 800 rows a frame): the table's choice (prefetch, and the
-    register cap with bf16 modulation), bit-identical to the eager chain."""
+    """The fused modules with Wan's per-frame modulation ([B, 21, 1, D], 800
+    rows a frame) at D = 3072 and 5120: the table's choice, bit-identical to
+    the eager chain. ScaleResidual at 5120 prefetches (and caps its registers
+    with bf16 modulation); the others loop (LOOP: about 7 rows per program,
+    the grid's last programs without a row)."""
     monkeypatch.setattr(kb, "_PLANS", {})
     monkeypatch.setattr(sel, "_RUNNERS", {})
-    dim, frames, seq = 5120, 21, 21 * 800
+    frames, seq = 21, 21 * 800
     gen = torch.Generator().manual_seed(14)
-    m = ln.ScaleResidualLayerNormScaleShift(dim, eps=1e-6, elementwise_affine=True)
+    if residual:
+        m = ln.ScaleResidualLayerNormScaleShift(dim, eps=1e-6, elementwise_affine=True)
+    else:
+        m = ln.LayerNormScaleShift(dim, eps=1e-6, elementwise_affine=False)
     m = m.cuda()
     with torch.no_grad():
         for p in m.parameters():
@@ -137,14 +213,20 @@ def test_scale_residual_per_frame_at_wan_width_equals_chain(
     def rnd(*shape, scale=1.0, dtype=torch.bfloat16):
         return (torch.randn(*shape, generator=gen) * scale).to("cuda", dtype)
 
-    residual, x = rnd(1, seq, dim, scale=2.0), rnd(1, seq, dim)
+    x = rnd(1, seq, dim)
     gate, shift, scale = (rnd(1, frames, 1, dim, scale=0.3, dtype=mod_dtype)
                           for _ in range(3))  # fmt: skip
+    if residual:
+        args = (rnd(1, seq, dim, scale=2.0), x, gate, shift, scale)
+    else:
+        args = (x, shift, scale)
     with torch.no_grad():
-        fused = m(residual, x, gate, shift, scale)
+        fused = m(*args)
         # the fused call's plan (the chain's FP32LayerNorm makes its own)
         assert [p.tuning for p in kb._PLANS.values()] == [kb._variant(variant)]
-        chain = m.forward_native(residual, x, gate, shift, scale)
+        chain = m.forward_native(*args)
+    fused = fused if residual else (fused,)
+    chain = chain if residual else (chain,)
     for got, want in zip(fused, chain):
         assert got.dtype == torch.bfloat16
         assert torch.equal(got, want), (got != want).sum().item()

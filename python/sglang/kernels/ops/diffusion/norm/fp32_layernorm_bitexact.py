@@ -43,6 +43,8 @@ operands), at most 2**31 - 1 rows (a program each). Triton is optional:
 without it the predicates say no and nothing here launches.
 """
 
+import functools
+import re
 from typing import Optional
 
 import torch
@@ -118,45 +120,85 @@ _ATEN_REPLAY = {
 #   fp32 the cap spills and costs). Both cost elsewhere: per-frame at
 #   D <= 3072 up to 1.15x, [B, 1, D] up to 1.09x, LayerNormScaleShift up to
 #   1.34x.
+# * LOOP: a grid of LOOP programs per SM instead of one per row, each program
+#   taking a contiguous chunk of rows in order: an SM's programs then read one
+#   or two frames' modulation, where one program per row has every SM read
+#   every frame's. For the fused modules with per-frame modulation of at most
+#   _LOOP_FRAME_ROWS rows a frame at D = 3072 and 5120 from 4 x _MANY_ROWS
+#   rows, but ScaleResidual at 5120, whose looped body holds more registers
+#   (session 15: 1.2-1.7x slower). Measured (session 16, one-row kernel = 1):
+#   LayerNormScaleShift 32760x5120 0.80x with bf16 modulation (B = 1 and 2),
+#   0.84x with fp32; 32760x3072 0.95x and 0.86x; ScaleResidual 32760x3072
+#   0.95x and 0.92x. With frames of 3600 rows (75600 tokens) 0.96-1.09x, and
+#   always 1.10-1.18x slower with [B, 1, D] modulation. The programs per SM
+#   (_LOOP_PER_SM) are the best measured of K, 2K and K / 2 for K the one-row
+#   kernel's rows per SM (K - 1 where the loop holds more registers); one
+#   too many runs a second wave (LayerNormScaleShift 5120 fp32: 8 per SM
+#   1.00x, 7 0.84x).
 # Session 10 timed every variant again at the shapes that still trail
 # upstream's CuTe kernel: the choices above were the fastest, or within 1%,
 # in five of eight, and no variant closed a miss (docs/kernel-notes.md).
 _FEW_ELEMENTS = 3 << 19
 _MID_ELEMENTS = 1 << 24
 _MANY_ROWS = 4096
+# LOOP's programs per SM, by (residual, the kernel's ITERS = ceil(D / 512),
+# fp32 modulation), for per-frame modulation of at most _LOOP_FRAME_ROWS rows
+# a frame; measured at D = 3072 and 5120 (session 16)
+_LOOP_FRAME_ROWS = 2048
+_LOOP_PER_SM = {
+    (False, 10, False): 18,
+    (False, 10, True): 7,
+    (False, 6, False): 24,
+    (False, 6, True): 20,
+    (True, 6, False): 18,
+    (True, 6, True): 16,
+}
 _TUNING_OVERRIDE: Optional[dict] = None  # tests and tools: one variant everywhere
 
 
 def _variant(name: str) -> dict:
     """The tuning named ``block`` or ``rows`` (the kernel), then optionally
-    ``-keep`` and ``-prefetch``, and for ``block`` ``-warm`` and ``-cap`` (the
-    knobs): how the table names them and tests and tools force one. The dict
-    is complete (every knob of its kernel present). ``_Plan`` hands the kernel
-    all of it as constexprs but ``CAP``, a compile option: it picks the
-    launcher."""
+    ``-keep`` and ``-prefetch``, and for ``block`` ``-warm``, ``-cap`` and
+    last ``-loopK`` (the knobs): how the table names them and tests and tools
+    force one. The dict is complete (every knob of its kernel present).
+    ``_Plan`` hands the kernel all of it as constexprs but ``CAP``, a compile
+    option that picks the launcher, and ``LOOP``, the programs per SM of a
+    looping grid (0: a program per row), of which the kernel is told only
+    whether it loops."""
     kernel, *knobs = name.split("-")
+    loop = 0
+    if kernel == "block" and knobs and re.fullmatch(r"loop[1-9][0-9]*", knobs[-1]):
+        loop = int(knobs.pop()[4:])
     allowed = {"keep", "prefetch"} | ({"warm", "cap"} if kernel == "block" else set())
     if kernel not in ("block", "rows") or not set(knobs) <= allowed:
         raise ValueError(f"unknown kernel variant {name!r}")
     shared = {"KEEP": "keep" in knobs, "PREFETCH": "prefetch" in knobs}
     if kernel == "rows":
         return {"ROWS": 1, **shared}
-    return {**shared, "WARM_L1": "warm" in knobs, "CAP": "cap" in knobs}
+    return {**shared, "WARM_L1": "warm" in knobs, "CAP": "cap" in knobs, "LOOP": loop}
 
 
 def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
-            per_frame: bool = False, mod_itemsize: int = 4) -> dict:  # fmt: skip
+            per_frame: bool = False, mod_itemsize: int = 4,
+            frame_rows: int = 0) -> dict:  # fmt: skip
     """The kernel variant for ``rows`` rows of ``dim`` (see the table above);
     ``per_frame``: a modulation operand of ``[B, F, 1, D]`` with 1 < F < L,
-    ``mod_itemsize``: the widest modulation operand's element size."""
+    ``mod_itemsize``: the widest modulation operand's element size,
+    ``frame_rows``: the rows of one frame of a per-frame operand (L // F)."""
     if _TUNING_OVERRIDE is not None:
         return _TUNING_OVERRIDE
     elements = rows * dim
     if elements <= _FEW_ELEMENTS:
         return _variant("block-keep-prefetch")
     wide = 4608 < dim <= 5120
-    if residual and modulated and per_frame and wide and rows >= 4 * _MANY_ROWS:
+    many = rows >= 4 * _MANY_ROWS
+    if residual and modulated and per_frame and wide and many:
         return _variant("block-keep-warm" + "-cap" * (mod_itemsize < 4))
+    if modulated and per_frame and many and 0 < frame_rows <= _LOOP_FRAME_ROWS:
+        fp32 = mod_itemsize >= 4
+        loop = _LOOP_PER_SM.get((residual, (dim + 511) // 512, fp32))
+        if loop:
+            return _variant(f"block-keep-loop{loop}")
     if dim <= 1536 and rows >= _MANY_ROWS:
         if not residual:
             return _variant("rows")
@@ -305,6 +347,16 @@ _ROWS_LAUNCHER = (
 )
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    # a looping grid's programs are a multiple of the SMs; 1 off CUDA (the
+    # interpreter, meta tensors), where the grid only needs to be smaller
+    # than the rows for the loop to run
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 class _Plan:
     """One launch configuration, prepared once and reused for every call.
 
@@ -366,20 +418,22 @@ class _Plan:
             frame = 1 if m is None else m.frame
             strides = (0, 0, 0) if m is None else m.strides
             ints += (*strides, *quotient_reciprocal(frame))
-        per_frame = any(m.per_frame for m in mods.values())
+        frames = [m.frame for m in mods.values() if m.per_frame]
         if tuning is None:
             widest = max((m.tensor.element_size() for m in mods.values()), default=4)
             tuning = _tuning(self.rows, dim, residual is not None,
-                             scale is not None, per_frame, widest)  # fmt: skip
+                             scale is not None, bool(frames), widest,
+                             min(frames, default=0))  # fmt: skip
         self.tuning = tuning  # the variant, as _launch_fp32_norm's tuning
         if "ROWS" in tuning:
             per_program = tuning["ROWS"]
             self.launcher = _ROWS_LAUNCHER
             self.grid = ((self.rows + per_program - 1) // per_program, 1, 1)
-            ints.append(self.rows)
         else:
             self.launcher = _CAPPED_LAUNCHER if tuning.get("CAP") else _LAUNCHER
-            self.grid = (self.rows, 1, 1)
+            programs = tuning.get("LOOP", 0) * _sm_count(x.device)
+            self.grid = (min(self.rows, programs or self.rows), 1, 1)
+        ints.append(self.rows)
         self.ints = tuple(ints)
         self.constexprs = dict(
             N=dim,
@@ -390,16 +444,19 @@ class _Plan:
             HAS_B=bias is not None,
             HAS_MOD=scale is not None,
             STORE_STATS=store_stats,
-            PER_FRAME=per_frame,
+            PER_FRAME=bool(frames),
             G1_RND=code(g1_dtype),
             R_RND=code(r_dtype),
             S_RND=code(s_dtype),
             M1_RND=code(m1_dtype),
             M_RND=code(m_dtype),
             **(_ATEN_REPLAY if replay is None else replay),
-            # the knobs this kernel takes (CAP is the launcher's)
+            # the knobs this kernel takes (CAP is the launcher's, LOOP's
+            # count the grid's)
             **{k: v for k, v in tuning.items() if k in self.launcher.fn.arg_names},
         )
+        if "LOOP" in self.constexprs:
+            self.constexprs["LOOP"] = tuning.get("LOOP", 0) > 0
         self.tail = self.launcher.tail(
             self.constexprs, _N_POINTER_ARGS + len(self.ints) + 1
         )

@@ -7,7 +7,9 @@ the numerics contract they implement).
 * ``_fp32_norm_kernel``: four warps per row, ATen's 128 lanes one per thread;
   each warp's merged state crosses to the others once, through shared memory;
   it can ask L1 for a row's scale and shift when the row starts (WARM_L1, a
-  prefetch: no value, no result bit);
+  prefetch: no value, no result bit), and run over a smaller grid, each
+  program looping over a contiguous chunk of rows (LOOP, ``_norm_row`` per
+  row);
 * ``_fp32_norm_rows_kernel``: one warp over ROWS rows, each thread playing four
   of ATen's lanes, so ATen's step between warps needs no exchange at all.
 
@@ -545,74 +547,25 @@ if triton is not None:
                 S_RND, M1_RND, M_RND, OUT_FMA,
             )  # fmt: skip
 
-    @triton.jit(do_not_specialize=_RECIPROCALS)
-    def _fp32_norm_kernel(
-        X,
-        RES,
-        GATE,
-        W,
-        B,
-        SCALE,
-        SHIFT,
-        Y,
-        RES_OUT,
-        MEAN,
-        RSTD,
-        COEF,
-        stride_x,
-        stride_res,
-        stride_y,
-        stride_res_out,
-        L,
-        l_mul,
-        l_shift,
-        g_sb,
-        g_sf,
-        g_sd,
-        g_mul,
-        g_shift,
-        sc_sb,
-        sc_sf,
-        sc_sd,
-        sc_mul,
-        sc_shift,
-        sh_sb,
-        sh_sf,
-        sh_sd,
-        sh_mul,
-        sh_shift,
-        eps,
-        N: tl.constexpr,
-        ITERS: tl.constexpr,
-        HAS_RESIDUAL: tl.constexpr,
-        HAS_GATE: tl.constexpr,
-        HAS_W: tl.constexpr,
-        HAS_B: tl.constexpr,
-        HAS_MOD: tl.constexpr,
-        STORE_STATS: tl.constexpr,
-        G1_RND: tl.constexpr,
-        R_RND: tl.constexpr,
-        S_RND: tl.constexpr,
-        M1_RND: tl.constexpr,
-        M_RND: tl.constexpr,
-        ONLINE_FMA: tl.constexpr,
-        MERGE_MEAN_FMA: tl.constexpr,
-        MERGE_M2_FMA: tl.constexpr,
-        OUT_FMA: tl.constexpr,
-        KEEP: tl.constexpr,
-        PREFETCH: tl.constexpr,
-        PER_FRAME: tl.constexpr,
-        WARM_L1: tl.constexpr,
-    ):
-        """One row per program: [residual + gate * x ->] fp32 LayerNorm [-> modulate].
-
-        The statistics replay ATen's vectorized CUDA LayerNorm exactly: 128 lanes,
-        lane t owns 4-element vectors t, t + 128, ... and runs a sequential Welford
-        over them; lanes then merge in the order of its warp shuffles (offsets 16..1)
-        and its shared-memory step over the 4 warps. Same operations, same order,
-        same FMA contractions, so the same bits.
-        """
-        row = tl.program_id(0).to(tl.int64)
+    @triton.jit
+    def _norm_row(
+        row, args, N: tl.constexpr, ITERS: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr, HAS_W: tl.constexpr,
+        HAS_B: tl.constexpr, HAS_MOD: tl.constexpr, STORE_STATS: tl.constexpr,
+        G1_RND: tl.constexpr, R_RND: tl.constexpr, S_RND: tl.constexpr,
+        M1_RND: tl.constexpr, M_RND: tl.constexpr, ONLINE_FMA: tl.constexpr,
+        MERGE_MEAN_FMA: tl.constexpr, MERGE_M2_FMA: tl.constexpr,
+        OUT_FMA: tl.constexpr, KEEP: tl.constexpr, PREFETCH: tl.constexpr,
+        PER_FRAME: tl.constexpr, WARM_L1: tl.constexpr,
+    ):  # fmt: skip
+        # _fp32_norm_kernel's work on one row (an int64 index); ``args`` are
+        # the kernel's arguments from X to eps
+        (
+            X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, MEAN, RSTD, COEF,
+            stride_x, stride_res, stride_y, stride_res_out, L, l_mul, l_shift,
+            g_sb, g_sf, g_sd, g_mul, g_shift, sc_sb, sc_sf, sc_sd, sc_mul,
+            sc_shift, sh_sb, sh_sf, sh_sd, sh_mul, sh_shift, eps,
+        ) = args  # fmt: skip
         bi, li = _row_position(row, L, (l_mul, l_shift))
         g_frame = (g_mul, g_shift, PER_FRAME)
         sc_frame = (sc_mul, sc_shift, PER_FRAME)
@@ -652,6 +605,76 @@ if triton is not None:
             ITERS, HAS_RESIDUAL, HAS_GATE, HAS_W, HAS_B, HAS_MOD, G1_RND, R_RND,
             S_RND, M1_RND, M_RND, OUT_FMA, KEEP, PREFETCH, False,
         )  # fmt: skip
+
+    @triton.jit(do_not_specialize=_RECIPROCALS + ("M",))
+    def _fp32_norm_kernel(
+        X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, MEAN, RSTD, COEF,
+        stride_x, stride_res, stride_y, stride_res_out, L, l_mul, l_shift,
+        g_sb, g_sf, g_sd, g_mul, g_shift, sc_sb, sc_sf, sc_sd, sc_mul, sc_shift,
+        sh_sb, sh_sf, sh_sd, sh_mul, sh_shift, M, eps,
+        N: tl.constexpr,
+        ITERS: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr,
+        HAS_GATE: tl.constexpr,
+        HAS_W: tl.constexpr,
+        HAS_B: tl.constexpr,
+        HAS_MOD: tl.constexpr,
+        STORE_STATS: tl.constexpr,
+        G1_RND: tl.constexpr,
+        R_RND: tl.constexpr,
+        S_RND: tl.constexpr,
+        M1_RND: tl.constexpr,
+        M_RND: tl.constexpr,
+        ONLINE_FMA: tl.constexpr,
+        MERGE_MEAN_FMA: tl.constexpr,
+        MERGE_M2_FMA: tl.constexpr,
+        OUT_FMA: tl.constexpr,
+        KEEP: tl.constexpr,
+        PREFETCH: tl.constexpr,
+        PER_FRAME: tl.constexpr,
+        WARM_L1: tl.constexpr,
+        LOOP: tl.constexpr,
+    ):  # fmt: skip
+        """One row per program: [residual + gate * x ->] fp32 LayerNorm [-> modulate].
+
+        The statistics replay ATen's vectorized CUDA LayerNorm exactly: 128 lanes,
+        lane t owns 4-element vectors t, t + 128, ... and runs a sequential Welford
+        over them; lanes then merge in the order of its warp shuffles (offsets 16..1)
+        and its shared-memory step over the 4 warps. Same operations, same order,
+        same FMA contractions, so the same bits.
+
+        LOOP: a grid smaller than the M rows, each program taking a contiguous
+        chunk of them in order, so that an SM's programs read one or two
+        frames' modulation instead of every frame's (the rows' work unchanged).
+        """
+        # the arguments of _norm_row after the row, named once for both paths
+        args = (
+            X, RES, GATE, W, B, SCALE, SHIFT, Y, RES_OUT, MEAN, RSTD, COEF,
+            stride_x, stride_res, stride_y, stride_res_out, L, l_mul, l_shift,
+            g_sb, g_sf, g_sd, g_mul, g_shift, sc_sb, sc_sf, sc_sd, sc_mul,
+            sc_shift, sh_sb, sh_sf, sh_sd, sh_mul, sh_shift, eps,
+        )  # fmt: skip
+        # a constexpr branch keeps the one-row kernel free of a loop (a loop
+        # of one trip compiles differently: a barrier and registers more)
+        if LOOP:
+            per = (M + tl.num_programs(0) - 1) // tl.num_programs(0)
+            row = tl.program_id(0) * per
+            end = tl.minimum(row + per, M)
+            while row < end:
+                _norm_row(
+                    row.to(tl.int64), args, N, ITERS, HAS_RESIDUAL, HAS_GATE,
+                    HAS_W, HAS_B, HAS_MOD, STORE_STATS, G1_RND, R_RND, S_RND,
+                    M1_RND, M_RND, ONLINE_FMA, MERGE_MEAN_FMA, MERGE_M2_FMA,
+                    OUT_FMA, KEEP, PREFETCH, PER_FRAME, WARM_L1,
+                )  # fmt: skip
+                row += 1
+        else:
+            _norm_row(
+                tl.program_id(0).to(tl.int64), args, N, ITERS, HAS_RESIDUAL,
+                HAS_GATE, HAS_W, HAS_B, HAS_MOD, STORE_STATS, G1_RND, R_RND,
+                S_RND, M1_RND, M_RND, ONLINE_FMA, MERGE_MEAN_FMA, MERGE_M2_FMA,
+                OUT_FMA, KEEP, PREFETCH, PER_FRAME, WARM_L1,
+            )  # fmt: skip
 
     @triton.jit
     def _merge_warp_lanes(
