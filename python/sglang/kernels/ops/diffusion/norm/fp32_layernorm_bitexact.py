@@ -122,19 +122,22 @@ _ATEN_REPLAY = {
 #   1.34x.
 # * LOOP: a grid of LOOP programs per SM instead of one per row, each program
 #   taking a contiguous chunk of rows in order: an SM's programs then read one
-#   or two frames' modulation, where one program per row has every SM read
-#   every frame's. For the fused modules with per-frame modulation of at most
+#   or two frames' modulation, where with one program per row the rows in
+#   flight are a window, so every SM reads every frame's and all cross into
+#   a new frame together. For the fused modules with per-frame modulation of at most
 #   _LOOP_FRAME_ROWS rows a frame at D = 3072 and 5120 from 4 x _MANY_ROWS
 #   rows, but ScaleResidual at 5120, whose looped body holds more registers
 #   (session 15: 1.2-1.7x slower). Measured (session 16, one-row kernel = 1):
 #   LayerNormScaleShift 32760x5120 0.80x with bf16 modulation (B = 1 and 2),
 #   0.84x with fp32; 32760x3072 0.95x and 0.86x; ScaleResidual 32760x3072
-#   0.95x and 0.92x. With frames of 3600 rows (75600 tokens) 0.96-1.09x, and
-#   always 1.10-1.18x slower with [B, 1, D] modulation. The programs per SM
-#   (_LOOP_PER_SM) are the best measured of K, 2K and K / 2 for K the one-row
-#   kernel's rows per SM (K - 1 where the loop holds more registers); one
-#   too many runs a second wave (LayerNormScaleShift 5120 fp32: 8 per SM
-#   1.00x, 7 0.84x).
+#   0.95x and 0.92x. With frames of 3600 rows (75600 tokens) 0.97-1.02x, and
+#   always 1.10-1.18x slower with [B, 1, D] modulation. Those runs alternate
+#   two input sets, so each call finds its modulation outside L2; called on
+#   the same inputs again (the modulation still in L2), the one-row kernel
+#   is 16-19% faster there and the loop 0.93-1.03x of it. The programs per SM
+#   (_LOOP_PER_SM) are the best measured of K, 2K, K - 1 and K / 2 for K the
+#   one-row kernel's rows per SM, or within 0.5% of it; one too many runs a
+#   second wave (LayerNormScaleShift 5120 fp32: 8 per SM 1.00x, 7 0.84x).
 # Session 10 timed every variant again at the shapes that still trail
 # upstream's CuTe kernel: the choices above were the fastest, or within 1%,
 # in five of eight, and no variant closed a miss (docs/kernel-notes.md).
