@@ -13,6 +13,7 @@ registers. Pick the defaults (``_tuning``) from its output.
 
     PYTHONPATH=python python scripts/bench_norm_kernel_tuning.py \
         [--shapes 257x1280,32760x5120] [--variants block,block-keep] [--json OUT]
+        [--frames 21]
 """
 
 import argparse
@@ -43,6 +44,8 @@ _NAMES = [
     for knobs in ("", "-prefetch", "-keep", "-keep-prefetch")
     for kernel in ("block", "rows")
 ] + ["block-keep-warm", "block-keep-warm-cap"]
+# the looping grid at the programs per SM the table uses
+_NAMES += [f"block-keep-loop{k}" for k in sorted(set(kb._LOOP_PER_SM.values()))]
 VARIANTS = {"default": None, **{name: kb._variant(name) for name in _NAMES}}
 
 
@@ -126,7 +129,14 @@ def main(argv=None) -> None:
         "--variants", help=f"comma-separated subset of {', '.join(VARIANTS)}"
     )
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--frames", type=int, default=0,
+        help="the fused cases' modulation per frame, [B, F, 1, D] (where F "
+        "divides the tokens; LOOP's regime), instead of [B, 1, D]",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.frames < 0:
+        parser.error("--frames must be 0 (none) or a frame count")
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -142,7 +152,9 @@ def main(argv=None) -> None:
     try:
         for (tokens, dim), (module, params) in itertools.product(shapes, CASE_KINDS):
             mod = torch.float32 if module == "FP32LayerNorm" else BF16
-            case = bench.Case(module, tokens, dim, BF16, params, mod)
+            fused = module != "FP32LayerNorm"
+            frames = args.frames if fused and tokens % max(args.frames, 1) == 0 else 0
+            case = bench.Case(module, tokens, dim, BF16, params, mod, frames)
             rows.append(run_case(case, names, timer, bandwidth, args.rounds, cute))
             torch.cuda.empty_cache()
     finally:
