@@ -189,3 +189,57 @@ def test_kernel_matches_a_replay_of_its_algorithm_under_the_interpreter(kernel):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["cases_bad"] == []
+
+
+# LOOP's chunking against one program per row, on outputs that start as NaN
+LOOP_CHILD = textwrap.dedent(
+    r"""
+    import json
+    import torch
+
+    nan_like = torch.full_like
+    torch.empty_like = lambda t, **kw: nan_like(t, float("nan"), **kw)
+    from sglang.kernels.ops.diffusion.norm import fp32_layernorm_bitexact as kb
+
+    kb.torch.cuda.current_device = lambda: -1
+    torch.manual_seed(0)
+    results = []
+    # (batch, seq, programs per SM; off CUDA one SM): chunks of 2, 2, 2 and
+    # an empty program; one row each (more programs than rows); 3, 3, 3 and
+    # an empty one; chunks of 4 across the batch boundary. Frames of 3 rows.
+    for batch, seq, loop in ((1, 6, 4), (1, 3, 4), (1, 9, 4), (2, 6, 3)):
+        d = 68
+        x = torch.randn(batch, seq, d).to(torch.bfloat16)
+        frames = (batch, 3, 1, d)
+        r, g = torch.randn_like(x), torch.randn(frames)
+        sc, sh = torch.randn(frames), torch.randn(frames).to(torch.bfloat16)
+        w, b = torch.randn(d), torch.randn(d)
+        outs = []
+        for name in ("block-keep", f"block-keep-loop{loop}"):
+            tuning = kb._variant(name)
+            grid = kb._Plan(x, w, b, 1e-6, r, g, sc, sh, tuning=tuning).grid[0]
+            outs.append(kb._launch_fp32_norm(
+                x, w, b, 1e-6, residual=r, gate=g, scale=sc, shift=sh,
+                tuning=tuning))
+        (y1, r1), (y2, r2) = outs
+        same = torch.equal(y1, y2) and torch.equal(r1, r2)
+        results.append([batch, seq, loop, grid, same, bool(y2.isnan().any())])
+    print(json.dumps(results))
+    """
+)
+
+
+@pytest.mark.skipif(triton is None, reason="needs Triton (its interpreter)")
+def test_loop_chunks_cover_every_row_once_under_the_interpreter():
+    """LOOP over grids smaller than the rows, equal to them, with empty
+    trailing programs and with chunks across batches: every row written,
+    bitwise as one program per row writes it."""
+    proc = run_python(LOOP_CHILD, env={"TRITON_INTERPRET": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results == [
+        [1, 6, 4, 4, True, False],
+        [1, 3, 4, 3, True, False],
+        [1, 9, 4, 4, True, False],
+        [2, 6, 3, 3, True, False],
+    ]

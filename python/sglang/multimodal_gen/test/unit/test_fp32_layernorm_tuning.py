@@ -159,10 +159,11 @@ def test_plan_hands_knobs_to_the_kernel_and_the_cap_to_the_launcher(
 
 @needs_triton
 @pytest.mark.parametrize("mod_dtype, loop", [(torch.bfloat16, 24), (torch.float32, 20)])
-def test_plan_hands_the_loop_to_the_grid(mod_dtype, loop):
+def test_plan_hands_the_loop_to_the_grid(mod_dtype, loop, monkeypatch):
     """A looping plan: the kernel is told only that it loops; the grid holds
     LOOP programs per SM (meta tensors count one SM) and the ints end with
-    the rows, which the kernel splits into the programs' chunks."""
+    the rows, which the kernel splits into the programs' chunks; a program
+    per row where the chunks' int32 ends could pass the row limit."""
     meta = torch.device("meta")
     x = torch.empty(1, 32760, 3072, dtype=torch.bfloat16, device=meta)
     scale, shift = (torch.empty(1, 21, 1, 3072, dtype=mod_dtype, device=meta)
@@ -173,6 +174,12 @@ def test_plan_hands_the_loop_to_the_grid(mod_dtype, loop):
     assert plan.grid == (loop, 1, 1)
     assert plan.ints[-1] == 32760
     assert plan.launcher is kb._LAUNCHER
+    # the last chunk's end (rows + programs - 1) must stay within the row
+    # limit, or each program takes one row
+    for limit, grid in ((32760 + loop, loop), (32760 + loop - 1, 32760)):
+        monkeypatch.setattr(kb, "_KERNEL_MAX_ROWS", limit)
+        plan = kb._Plan(x, None, None, 1e-6, None, None, scale, shift)
+        assert plan.grid == (grid, 1, 1) and plan.constexprs["LOOP"] is True
 
 
 @pytest.mark.gpu

@@ -434,8 +434,13 @@ class _Plan:
             self.grid = ((self.rows + per_program - 1) // per_program, 1, 1)
         else:
             self.launcher = _CAPPED_LAUNCHER if tuning.get("CAP") else _LAUNCHER
+            # LOOP: each program takes ceil(rows / programs) rows, so the last
+            # chunk ends, in int32, at up to rows + programs - 1; where that
+            # passes the row limit, a program per row (a chunk of one) instead
             programs = tuning.get("LOOP", 0) * _sm_count(x.device)
-            self.grid = (min(self.rows, programs or self.rows), 1, 1)
+            if not programs or self.rows > _KERNEL_MAX_ROWS - programs:
+                programs = self.rows
+            self.grid = (min(self.rows, programs), 1, 1)
         ints.append(self.rows)
         self.ints = tuple(ints)
         self.constexprs = dict(
