@@ -144,8 +144,8 @@ _ATEN_REPLAY = {
 _FEW_ELEMENTS = 3 << 19
 _MID_ELEMENTS = 1 << 24
 _MANY_ROWS = 4096
-# LOOP's programs per SM, by (residual, the kernel's ITERS = ceil(D / 512),
-# fp32 modulation), for per-frame modulation of at most _LOOP_FRAME_ROWS rows
+# LOOP's programs per SM, by (residual, the kernel's ITERS (_iters), fp32
+# modulation), for per-frame modulation of at most _LOOP_FRAME_ROWS rows
 # a frame; measured at D = 3072 and 5120 (session 16)
 _LOOP_FRAME_ROWS = 2048
 _LOOP_PER_SM = {
@@ -157,6 +157,12 @@ _LOOP_PER_SM = {
     (True, 6, True): 16,
 }
 _TUNING_OVERRIDE: Optional[dict] = None  # tests and tools: one variant everywhere
+
+
+def _iters(dim: int) -> int:
+    # ITERS: the kernels' steps per lane, 128 lanes of 4-element vectors; the
+    # code (and so the registers) a width compiles to is a function of it
+    return (dim // 4 + 127) // 128
 
 
 def _variant(name: str) -> dict:
@@ -199,7 +205,7 @@ def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
         return _variant("block-keep-warm" + "-cap" * (mod_itemsize < 4))
     if modulated and per_frame and many and 0 < frame_rows <= _LOOP_FRAME_ROWS:
         fp32 = mod_itemsize >= 4
-        loop = _LOOP_PER_SM.get((residual, (dim + 511) // 512, fp32))
+        loop = _LOOP_PER_SM.get((residual, _iters(dim), fp32))
         if loop:
             return _variant(f"block-keep-loop{loop}")
     if dim <= 1536 and rows >= _MANY_ROWS:
@@ -445,7 +451,7 @@ class _Plan:
         self.ints = tuple(ints)
         self.constexprs = dict(
             N=dim,
-            ITERS=(dim // 4 + 127) // 128,
+            ITERS=_iters(dim),
             HAS_RESIDUAL=residual is not None,
             HAS_GATE="g" in mods,
             HAS_W=weight is not None,
