@@ -169,3 +169,18 @@ def test_host_loops_leave_the_first_call_after_a_sync_untimed():
     us = timer.host(seen.append, rotation)
     assert seen == [2] + [i % 3 for i in range(timer.host_calls)]
     assert us >= 0.0
+
+
+@pytest.mark.parametrize(
+    "set_bytes, l2_bytes, count",
+    [
+        (10**9, 50 << 20, 2),  # one set exceeds L2 many times over: still two
+        (50 << 20, 50 << 20, 3),
+        (40 << 20, 50 << 20, 4),
+        (0, 50 << 20, 256),
+        (1, 50 << 20, 256),
+    ],
+)
+def test_cuda_rotation_keeps_at_least_two_sets(set_bytes, l2_bytes, count):
+    """With one set, a small operand stays in L2 from call to call."""
+    assert bench.nu.Rotation.cuda_count(set_bytes, l2_bytes) == count

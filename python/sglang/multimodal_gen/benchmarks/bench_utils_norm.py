@@ -71,15 +71,28 @@ def rotated(items: Sequence, k: int) -> list:
 
 
 class Rotation:
-    """Input sets whose total exceeds three times the L2 cache (one set on CPU)."""
+    """Input sets that the timed calls take in turn (one set on the CPU).
+
+    On CUDA, enough sets to total three times the L2 cache, and never fewer
+    than two: with one set every call reads the tensors the call before it
+    read, and an operand far smaller than the set (a per-frame modulation)
+    is then still in L2 however large the set is. On an H200 that hid 16% of
+    a per-frame LayerNormScaleShift at 32760x5120 (190.8 us with one set,
+    228.2 with two; docs/kernel-notes.md, session 16).
+    """
 
     def __init__(self, make: Callable[[], tuple], set_bytes: int, device):
         count = 1
         if device.type == "cuda":
             l2 = torch.cuda.get_device_properties(device).L2_cache_size
-            count = min(256, max(1, math.ceil(3 * l2 / max(set_bytes, 1))))
+            count = self.cuda_count(set_bytes, l2)
         self.sets = [make() for _ in range(count)]
         self._i = 0
+
+    @staticmethod
+    def cuda_count(set_bytes: int, l2_bytes: int) -> int:
+        """Sets to keep on CUDA: past three times L2 in all, 2 to 256."""
+        return min(256, max(2, math.ceil(3 * l2_bytes / max(set_bytes, 1))))
 
     def next(self) -> tuple:
         self._i = (self._i + 1) % len(self.sets)
