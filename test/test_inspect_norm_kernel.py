@@ -175,3 +175,28 @@ def test_per_frame_variants_prefetch_and_hold_no_more_registers(
         inspect.resources(plain, str(tmp_path / "p.cubin"))
     )
     assert stack == 0 and regs <= (72 if tuning["CAP"] else plain_regs), usage
+
+
+@pytest.mark.parametrize("mod_dtype, fits", [
+    (torch.bfloat16, True), (torch.float32, False),
+])  # fmt: skip
+def test_looped_scale_residual_fits_its_programs_per_sm_where_the_table_loops(
+    inspect, tmp_path, mod_dtype, fits
+):
+    """LOOP's programs per SM for ScaleResidual at D = 5120 (six, with bf16
+    modulation) must all be resident: at most 80 registers (65536 / (6 x 128)
+    rounded down to the allocation's 8) and no spill. With fp32 modulation the
+    looped body holds more (126 on an H200), which is why the table leaves
+    that case to WARM_L1."""
+    frames = 21
+    tuning = kb._tuning(32760, 5120, True, True, True, mod_dtype.itemsize,
+                        32760 // frames)  # fmt: skip
+    assert (tuning["LOOP"] == 6) is fits
+    build = inspect.compile_kernel(
+        5120, True, kb._variant("block-keep-loop6"), 90, mod_dtype=mod_dtype,
+        frames=frames,
+    )  # fmt: skip
+    regs, stack = _registers_and_stack(
+        inspect.resources(build, str(tmp_path / "k.cubin"))
+    )
+    assert stack == 0 and (regs <= 80) is fits, (regs, stack)

@@ -73,13 +73,16 @@ def test_plans_take_the_measured_variant_per_regime(
         (32760, 3072, True, 2, 1560, "block-keep-loop18"),
         (16384, 3072, True, 4, 2048, "block-keep-loop16"),
         (16384, 2564, True, 2, 780, "block-keep-loop18"),  # ITERS 6, as 3072
+        (32760, 5120, True, 2, 1560, "block-keep-loop6"),
+        (32760, 4612, True, 2, 780, "block-keep-loop6"),  # ITERS 10, as 5120
         # ... and not: larger frames (75600 tokens: 3600 rows), fewer rows,
-        # ScaleResidual at 5120 (its own rule), other widths, D <= 1536 (the
-        # rows kernels), no per-frame operand
+        # ScaleResidual at 5120 with fp32 modulation (its own rule), other
+        # widths, D <= 1536 (the rows kernels), no per-frame operand
         (75600, 5120, False, 2, 3600, "block-keep"),
         (32760, 3072, True, 2, 2049, "block-keep"),
         (16380, 5120, False, 2, 780, "block-keep"),
-        (32760, 5120, True, 2, 1560, "block-keep-warm-cap"),
+        (32760, 5120, True, 4, 1560, "block-keep-warm"),
+        (75600, 5120, True, 2, 3600, "block-keep-warm-cap"),
         (32760, 4096, False, 2, 1560, "block-keep"),
         (32760, 2560, False, 2, 1560, "block-keep"),
         (32760, 1536, False, 2, 1560, "rows"),
@@ -92,7 +95,8 @@ def test_per_frame_plans_loop_where_frames_are_short(
 ):
     """LOOP as measured (H200, session 16): LayerNormScaleShift 32760x5120
     with per-frame bf16 modulation 0.80x the one-row kernel, 0.84x with fp32;
-    at 75600 tokens 0.97-1.02x, so not there."""
+    at 75600 tokens 0.97-1.02x, so not there. ScaleResidual 32760x5120 with
+    bf16 modulation 0.98x its prefetching kernel (session 17)."""
     got = kb._tuning(rows, dim, residual, True, frame_rows > 0, mod_itemsize,
                      frame_rows)  # fmt: skip
     assert got == kb._variant(variant)
@@ -130,20 +134,20 @@ def _meta_plan(dim, mod_dtype, frames, rows=32760):
 
 @needs_triton
 @pytest.mark.parametrize(
-    "mod_dtype, frames, variant, capped",
+    "mod_dtype, frames, rows, variant, capped",
     [
-        (torch.bfloat16, 21, "block-keep-warm-cap", True),
-        (torch.float32, 21, "block-keep-warm", False),
-        (torch.bfloat16, 0, "block-keep", False),
+        (torch.bfloat16, 21, 75600, "block-keep-warm-cap", True),
+        (torch.float32, 21, 32760, "block-keep-warm", False),
+        (torch.bfloat16, 0, 32760, "block-keep", False),
     ],
 )
 def test_plan_hands_knobs_to_the_kernel_and_the_cap_to_the_launcher(
-    mod_dtype, frames, variant, capped
+    mod_dtype, frames, rows, variant, capped
 ):
     """A plan reads per-frame layout and modulation width from its operands;
     WARM_L1 goes to the kernel as a constexpr, CAP picks the launcher compiled
     with ``maxnreg`` (meta tensors: runs on CPU)."""
-    plan = _meta_plan(5120, mod_dtype, frames)
+    plan = _meta_plan(5120, mod_dtype, frames, rows)
     assert plan.tuning == kb._variant(variant)
     assert plan.constexprs["WARM_L1"] is plan.tuning["WARM_L1"]
     assert plan.constexprs["PER_FRAME"] is bool(frames)
@@ -154,7 +158,7 @@ def test_plan_hands_knobs_to_the_kernel_and_the_cap_to_the_launcher(
     names = plan.launcher.fn.arg_names
     assert set(plan.constexprs) <= set(names)
     assert len(plan.tail) == len(names) - kb._N_POINTER_ARGS - len(plan.ints) - 1
-    assert plan.constexprs["LOOP"] is False and plan.grid == (32760, 1, 1)
+    assert plan.constexprs["LOOP"] is False and plan.grid == (rows, 1, 1)
 
 
 @needs_triton
@@ -186,27 +190,30 @@ def test_plan_hands_the_loop_to_the_grid(mod_dtype, loop, monkeypatch):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @needs_triton
 @pytest.mark.parametrize(
-    "residual, dim, mod_dtype, variant",
+    "residual, dim, mod_dtype, frame_rows, variant",
     [
-        (True, 5120, torch.bfloat16, "block-keep-warm-cap"),
-        (True, 5120, torch.float32, "block-keep-warm"),
-        (True, 3072, torch.float32, "block-keep-loop16"),
-        (False, 5120, torch.bfloat16, "block-keep-loop18"),
-        (False, 5120, torch.float32, "block-keep-loop7"),
-        (False, 3072, torch.bfloat16, "block-keep-loop24"),
+        (True, 5120, torch.bfloat16, 800, "block-keep-loop6"),
+        (True, 5120, torch.bfloat16, 2100, "block-keep-warm-cap"),
+        (True, 5120, torch.float32, 800, "block-keep-warm"),
+        (True, 3072, torch.float32, 800, "block-keep-loop16"),
+        (False, 5120, torch.bfloat16, 800, "block-keep-loop18"),
+        (False, 5120, torch.float32, 800, "block-keep-loop7"),
+        (False, 3072, torch.bfloat16, 800, "block-keep-loop24"),
     ],
 )
 def test_per_frame_modulation_at_wan_widths_equals_chain(
-    residual, dim, mod_dtype, variant, monkeypatch
+    residual, dim, mod_dtype, frame_rows, variant, monkeypatch
 ):
-    """The fused modules with Wan's per-frame modulation ([B, 21, 1, D], 800
-    rows a frame) at D = 3072 and 5120: the table's choice, bit-identical to
-    the eager chain. ScaleResidual at 5120 prefetches (and caps its registers
-    with bf16 modulation); the others loop (LOOP: about 7 rows per program,
-    the grid's last programs without a row)."""
+    """The fused modules with Wan's per-frame modulation ([B, 21, 1, D]) at
+    D = 3072 and 5120: the table's choice, bit-identical to the eager chain.
+    Frames of 800 rows loop (LOOP: 6 to 22 rows per program on 132 SMs, the
+    grid's last programs without a row), but ScaleResidual at 5120 with fp32
+    modulation, which prefetches; so does that module with frames past
+    _LOOP_FRAME_ROWS, capping its registers with bf16 modulation."""
     monkeypatch.setattr(kb, "_PLANS", {})
     monkeypatch.setattr(sel, "_RUNNERS", {})
-    frames, seq = 21, 21 * 800
+    frames = 21
+    seq = frames * frame_rows
     gen = torch.Generator().manual_seed(14)
     if residual:
         m = ln.ScaleResidualLayerNormScaleShift(dim, eps=1e-6, elementwise_affine=True)

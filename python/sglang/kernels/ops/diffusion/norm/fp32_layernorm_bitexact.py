@@ -112,8 +112,8 @@ _ATEN_REPLAY = {
 #   L2 after the statistics; CAP: the block kernel compiled with at most
 #   _REGISTER_CAP registers per thread (seven rows per SM instead of six).
 #   For ScaleResidual with per-frame modulation at 4608 < D <= 5120 from
-#   4 x _MANY_ROWS rows (measured at D = 5120, 32760 and 75600 tokens,
-#   session 14; offline, the kernel holds at most 72 registers anyway up to
+#   4 x _MANY_ROWS rows where LOOP does not take it (measured at D = 5120,
+#   32760 and 75600 tokens, session 14; offline, the kernel holds at most 72 registers anyway up to
 #   D = 4608, and the capped build spills at 4096): WARM_L1 with fp32
 #   modulation (32760 tokens 392.5 against 429.5 us, 75600 857.9 against
 #   901.0), both with bf16 (367.0 against 380.2 and 788.0 against 810.8; with
@@ -126,8 +126,9 @@ _ATEN_REPLAY = {
 #   flight are a window, so every SM reads every frame's and all cross into
 #   a new frame together. For the fused modules with per-frame modulation of at most
 #   _LOOP_FRAME_ROWS rows a frame at D = 3072 and 5120 from 4 x _MANY_ROWS
-#   rows, but ScaleResidual at 5120, whose looped body holds more registers
-#   (session 15: 1.2-1.7x slower). Measured (session 16, one-row kernel = 1):
+#   rows, but ScaleResidual at 5120 with fp32 modulation, whose looped body
+#   holds 126 registers (1.2-1.3x slower; capped at 80 it spills). Measured
+#   (session 16, one-row kernel = 1):
 #   LayerNormScaleShift 32760x5120 0.80x with bf16 modulation (B = 1 and 2),
 #   0.84x with fp32; 32760x3072 0.95x and 0.86x; ScaleResidual 32760x3072
 #   0.95x and 0.92x. With frames of 3600 rows (75600 tokens) 0.97-1.02x, and
@@ -138,6 +139,9 @@ _ATEN_REPLAY = {
 #   (_LOOP_PER_SM) are the best measured of K, 2K, K - 1 and K / 2 for K the
 #   one-row kernel's rows per SM, or within 0.5% of it; one too many runs a
 #   second wave (LayerNormScaleShift 5120 fp32: 8 per SM 1.00x, 7 0.84x).
+#   ScaleResidual 32760x5120 with bf16 modulation (session 17, two sets):
+#   355-358 against 363-364 us for its WARM_L1 + CAP kernel (upstream's
+#   CuTe DSL kernel 351); 6 and 12 per SM within 0.5%, 5 1.01x, 4 1.05x.
 # Session 10 timed every variant again at the shapes that still trail
 # upstream's CuTe kernel: the choices above were the fastest, or within 1%,
 # in five of eight, and no variant closed a miss (docs/kernel-notes.md).
@@ -155,6 +159,7 @@ _LOOP_PER_SM = {
     (False, 6, True): 20,
     (True, 6, False): 18,
     (True, 6, True): 16,
+    (True, 10, False): 6,
 }
 _TUNING_OVERRIDE: Optional[dict] = None  # tests and tools: one variant everywhere
 
@@ -201,13 +206,13 @@ def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
         return _variant("block-keep-prefetch")
     wide = 4608 < dim <= 5120
     many = rows >= 4 * _MANY_ROWS
-    if residual and modulated and per_frame and wide and many:
-        return _variant("block-keep-warm" + "-cap" * (mod_itemsize < 4))
     if modulated and per_frame and many and 0 < frame_rows <= _LOOP_FRAME_ROWS:
         fp32 = mod_itemsize >= 4
         loop = _LOOP_PER_SM.get((residual, _iters(dim), fp32))
         if loop:
             return _variant(f"block-keep-loop{loop}")
+    if residual and modulated and per_frame and wide and many:
+        return _variant("block-keep-warm" + "-cap" * (mod_itemsize < 4))
     if dim <= 1536 and rows >= _MANY_ROWS:
         if not residual:
             return _variant("rows")
