@@ -29,7 +29,10 @@ needs_triton = pytest.mark.skipif(kb.triton is None, reason="needs Triton")
         (4096, 1280, False, False, False, 4, "rows"),  # narrow, no residual
         (75600, 1536, False, True, True, 4, "rows"),
         (4096, 1280, True, True, False, 4, "block-keep"),
-        (32760, 1280, True, True, True, 4, "rows-keep"),
+        (32760, 1280, True, True, False, 4, "rows-keep"),
+        (75600, 1280, True, True, True, 4, "block-keep"),  # per-frame: four warps
+        (16384, 1280, True, True, True, 2, "block-keep"),
+        (16380, 1280, True, True, True, 2, "block-keep"),
         (32760, 1536, True, True, False, 4, "block-keep"),
         (4096, 3072, False, True, False, 4, "block-keep-prefetch"),
         (4096, 5120, False, True, False, 4, "block-keep"),
@@ -86,7 +89,7 @@ def test_plans_take_the_measured_variant_per_regime(
         (32760, 4096, False, 2, 1560, "block-keep"),
         (32760, 2560, False, 2, 1560, "block-keep"),
         (32760, 1536, False, 2, 1560, "rows"),
-        (32760, 1280, True, 2, 1560, "rows-keep"),
+        (32760, 1280, True, 2, 1560, "block-keep"),
         (32760, 3072, True, 2, 0, "block-keep"),
     ],
 )
@@ -199,13 +202,16 @@ def test_plan_hands_the_loop_to_the_grid(mod_dtype, loop, monkeypatch):
         (False, 5120, torch.bfloat16, 800, "block-keep-loop18"),
         (False, 5120, torch.float32, 800, "block-keep-loop7"),
         (False, 3072, torch.bfloat16, 800, "block-keep-loop24"),
+        (True, 1280, torch.float32, 800, "block-keep"),
+        (True, 1280, torch.bfloat16, 800, "block-keep"),
     ],
 )
 def test_per_frame_modulation_at_wan_widths_equals_chain(
     residual, dim, mod_dtype, frame_rows, variant, monkeypatch
 ):
     """The fused modules with Wan's per-frame modulation ([B, 21, 1, D]) at
-    D = 3072 and 5120: the table's choice, bit-identical to the eager chain.
+    D = 1280, 3072 and 5120: the table's choice, bit-identical to the eager
+    chain. ScaleResidual at 1280 takes four warps per row, not one.
     Frames of 800 rows loop (LOOP: 6 to 22 rows per program on 132 SMs, the
     grid's last programs without a row), but ScaleResidual at 5120 with fp32
     modulation, which prefetches; so does that module with frames past

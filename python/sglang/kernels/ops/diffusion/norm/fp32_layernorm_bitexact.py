@@ -104,9 +104,12 @@ _ATEN_REPLAY = {
 # * D <= 1536 from _MANY_ROWS rows: a warp per row for the norms without a
 #   residual (4096x1280 FP32LayerNorm 9.0 against 10.4 us, 32760x1280 1.18x
 #   against 1.74x), and with KEEP for the residual at D = 1280 from 4 x
-#   _MANY_ROWS rows (32760x1280 1.18x against 1.40x); ScaleResidual at
-#   D = 1536 is fastest with four warps per row and KEEP (32760x1536 1.10x
-#   against 1.16x).
+#   _MANY_ROWS rows (32760x1280 1.18x against 1.40x), but with per-frame
+#   modulation (session 17, two input sets: four warps and KEEP, 75600x1280
+#   222.7 against 280.2 us with fp32 modulation, 207.2 against 220.3 with
+#   bf16, 32760x1280 92.9 against 100.4; CuTe DSL 234.9, 230.2, 105.3);
+#   ScaleResidual at D = 1536 is fastest with four warps per row and KEEP
+#   (32760x1536 1.10x against 1.16x).
 # * WARM_L1: the block kernel asks L1 for the row's scale and shift at its
 #   start (a prefetch: no register held), where the output pass would wait on
 #   L2 after the statistics; CAP: the block kernel compiled with at most
@@ -216,7 +219,7 @@ def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
     if dim <= 1536 and rows >= _MANY_ROWS:
         if not residual:
             return _variant("rows")
-        if dim <= 1280 and rows >= 4 * _MANY_ROWS:
+        if dim <= 1280 and rows >= 4 * _MANY_ROWS and not (modulated and per_frame):
             return _variant("rows-keep")
     if modulated and not residual and elements <= _MID_ELEMENTS:
         return _variant("block-keep-prefetch")
