@@ -209,17 +209,18 @@ def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
         return _variant("block-keep-prefetch")
     wide = 4608 < dim <= 5120
     many = rows >= 4 * _MANY_ROWS
-    if modulated and per_frame and many and 0 < frame_rows <= _LOOP_FRAME_ROWS:
+    frame_mod = modulated and per_frame
+    if frame_mod and many and 0 < frame_rows <= _LOOP_FRAME_ROWS:
         fp32 = mod_itemsize >= 4
         loop = _LOOP_PER_SM.get((residual, _iters(dim), fp32))
         if loop:
             return _variant(f"block-keep-loop{loop}")
-    if residual and modulated and per_frame and wide and many:
+    if residual and frame_mod and wide and many:
         return _variant("block-keep-warm" + "-cap" * (mod_itemsize < 4))
     if dim <= 1536 and rows >= _MANY_ROWS:
         if not residual:
             return _variant("rows")
-        if dim <= 1280 and rows >= 4 * _MANY_ROWS and not (modulated and per_frame):
+        if dim <= 1280 and many and not frame_mod:
             return _variant("rows-keep")
     if modulated and not residual and elements <= _MID_ELEMENTS:
         return _variant("block-keep-prefetch")
@@ -442,6 +443,7 @@ class _Plan:
                              scale is not None, bool(frames), widest,
                              min(frames, default=0))  # fmt: skip
         self.tuning = tuning  # the variant, as _launch_fp32_norm's tuning
+        knobs = dict(tuning)
         if "ROWS" in tuning:
             per_program = tuning["ROWS"]
             self.launcher = _ROWS_LAUNCHER
@@ -451,10 +453,14 @@ class _Plan:
             # LOOP: each program takes ceil(rows / programs) rows, so the last
             # chunk ends, in int32, at up to rows + programs - 1; where that
             # passes the row limit, a program per row (a chunk of one) instead
-            programs = tuning.get("LOOP", 0) * _sm_count(x.device)
+            loop = tuning.get("LOOP", 0)
+            programs = loop * _sm_count(x.device)
             if not programs or self.rows > _KERNEL_MAX_ROWS - programs:
                 programs = self.rows
             self.grid = (min(self.rows, programs), 1, 1)
+            # the kernel is told only whether it loops (a constexpr per count
+            # would compile a kernel per count); the count is the grid's
+            knobs["LOOP"] = loop > 0
         ints.append(self.rows)
         self.ints = tuple(ints)
         self.constexprs = dict(
@@ -473,12 +479,9 @@ class _Plan:
             M1_RND=code(m1_dtype),
             M_RND=code(m_dtype),
             **(_ATEN_REPLAY if replay is None else replay),
-            # the knobs this kernel takes (CAP is the launcher's, LOOP's
-            # count the grid's)
-            **{k: v for k, v in tuning.items() if k in self.launcher.fn.arg_names},
+            # the knobs this kernel takes (CAP is the launcher's)
+            **{k: v for k, v in knobs.items() if k in self.launcher.fn.arg_names},
         )
-        if "LOOP" in self.constexprs:
-            self.constexprs["LOOP"] = tuning.get("LOOP", 0) > 0
         self.tail = self.launcher.tail(
             self.constexprs, _N_POINTER_ARGS + len(self.ints) + 1
         )
