@@ -67,8 +67,9 @@ def test_plans_take_the_measured_variant_per_regime(
     "rows, dim, residual, mod_itemsize, frame_rows, variant",
     [
         # per-frame modulation, frames of at most 2048 rows (Wan at 32760
-        # tokens: 1560), D = 3072 and 5120 but ScaleResidual at 5120: a
-        # looping grid, its programs per SM by kernel and modulation width
+        # tokens: 1560), D = 3072 and 5120 but ScaleResidual at 5120 with
+        # fp32 modulation: a looping grid, its programs per SM by kernel and
+        # modulation width
         (32760, 5120, False, 2, 1560, "block-keep-loop18"),
         (65520, 5120, False, 4, 1560, "block-keep-loop7"),
         (32760, 3072, False, 2, 1560, "block-keep-loop24"),

@@ -113,37 +113,36 @@ _ATEN_REPLAY = {
 # * WARM_L1: the block kernel asks L1 for the row's scale and shift at its
 #   start (a prefetch: no register held), where the output pass would wait on
 #   L2 after the statistics; CAP: the block kernel compiled with at most
-#   _REGISTER_CAP registers per thread (seven rows per SM instead of six).
-#   For ScaleResidual with per-frame modulation at 4608 < D <= 5120 from
-#   4 x _MANY_ROWS rows where LOOP does not take it (measured at D = 5120,
-#   32760 and 75600 tokens, session 14; offline, the kernel holds at most 72 registers anyway up to
-#   D = 4608, and the capped build spills at 4096): WARM_L1 with fp32
-#   modulation (32760 tokens 392.5 against 429.5 us, 75600 857.9 against
-#   901.0), both with bf16 (367.0 against 380.2 and 788.0 against 810.8; with
-#   fp32 the cap spills and costs). Both cost elsewhere: per-frame at
-#   D <= 3072 up to 1.15x, [B, 1, D] up to 1.09x, LayerNormScaleShift up to
+#   _REGISTER_CAP registers per thread (seven rows per SM instead of six). For
+#   ScaleResidual with per-frame modulation at 4608 < D <= 5120 from 4 x
+#   _MANY_ROWS rows where LOOP does not take it (measured at D = 5120, 32760
+#   and 75600 tokens, session 14; offline, the kernel holds at most 72
+#   registers anyway up to D = 4608, and the capped build spills at 4096):
+#   WARM_L1 with fp32 modulation (32760 tokens 392.5 against 429.5 us, 75600
+#   857.9 against 901.0), both with bf16 (367.0 against 380.2 and 788.0 against
+#   810.8; with fp32 the cap spills and costs). Both cost elsewhere: per-frame
+#   at D <= 3072 up to 1.15x, [B, 1, D] up to 1.09x, LayerNormScaleShift up to
 #   1.34x.
 # * LOOP: a grid of LOOP programs per SM instead of one per row, each program
 #   taking a contiguous chunk of rows in order: an SM's programs then read one
 #   or two frames' modulation, where with one program per row the rows in
-#   flight are a window, so every SM reads every frame's and all cross into
-#   a new frame together. For the fused modules with per-frame modulation of at most
-#   _LOOP_FRAME_ROWS rows a frame at D = 3072 and 5120 from 4 x _MANY_ROWS
+#   flight are a window, so every SM reads every frame's and all cross into a
+#   new frame together. For the fused modules with per-frame modulation of at
+#   most _LOOP_FRAME_ROWS rows a frame at D = 3072 and 5120 from 4 x _MANY_ROWS
 #   rows, but ScaleResidual at 5120 with fp32 modulation, whose looped body
 #   holds 126 registers (1.2-1.3x slower; capped at 80 it spills). Measured
-#   (session 16, one-row kernel = 1):
-#   LayerNormScaleShift 32760x5120 0.80x with bf16 modulation (B = 1 and 2),
-#   0.84x with fp32; 32760x3072 0.95x and 0.86x; ScaleResidual 32760x3072
-#   0.95x and 0.92x. With frames of 3600 rows (75600 tokens) 0.97-1.02x, and
-#   always 1.10-1.18x slower with [B, 1, D] modulation. Those runs alternate
-#   two input sets, so each call finds its modulation outside L2; called on
-#   the same inputs again (the modulation still in L2), the one-row kernel
-#   is 16-19% faster there and the loop 0.93-1.03x of it. The programs per SM
-#   (_LOOP_PER_SM) are the best measured of K, 2K, K - 1 and K / 2 for K the
-#   one-row kernel's rows per SM, or within 0.5% of it; one too many runs a
-#   second wave (LayerNormScaleShift 5120 fp32: 8 per SM 1.00x, 7 0.84x).
-#   ScaleResidual 32760x5120 with bf16 modulation (session 17, two sets):
-#   355-358 against 363-364 us for its WARM_L1 + CAP kernel (upstream's
+#   (session 16, one-row kernel = 1): LayerNormScaleShift 32760x5120 0.80x with
+#   bf16 modulation (B = 1 and 2), 0.84x with fp32; 32760x3072 0.95x and 0.86x;
+#   ScaleResidual 32760x3072 0.95x and 0.92x. With frames of 3600 rows (75600
+#   tokens) 0.97-1.02x, and always 1.10-1.18x slower with [B, 1, D] modulation.
+#   Those runs alternate two input sets, so each call finds its modulation
+#   outside L2; called on the same inputs again (the modulation still in L2),
+#   the one-row kernel is 16-19% faster there and the loop 0.93-1.03x of it.
+#   The programs per SM (_LOOP_PER_SM) are the best measured of K, 2K, K - 1
+#   and K / 2 for K the one-row kernel's rows per SM, or within 0.5% of it; one
+#   too many runs a second wave (LayerNormScaleShift 5120 fp32: 8 per SM 1.00x,
+#   7 0.84x). ScaleResidual 32760x5120 with bf16 modulation (session 17, two
+#   sets): 355-358 against 363-364 us for its WARM_L1 + CAP kernel (upstream's
 #   CuTe DSL kernel 351); 6 and 12 per SM within 0.5%, 5 1.01x, 4 1.05x.
 # Session 10 timed every variant again at the shapes that still trail
 # upstream's CuTe kernel: the choices above were the fastest, or within 1%,
