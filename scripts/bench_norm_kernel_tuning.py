@@ -13,7 +13,7 @@ registers. Pick the defaults (``_tuning``) from its output.
 
     PYTHONPATH=python python scripts/bench_norm_kernel_tuning.py \
         [--shapes 257x1280,32760x5120] [--variants block,block-keep] [--json OUT]
-        [--frames 21]
+        [--frames 21] [--mod-dtypes bf16,fp32] [--modules LayerNormScaleShift]
 """
 
 import argparse
@@ -28,10 +28,12 @@ from sglang.kernels.ops.diffusion.norm import fp32_layernorm_select as sel
 from sglang.multimodal_gen.benchmarks import bench_fp32_layernorm as bench
 from sglang.multimodal_gen.benchmarks import bench_utils_norm as nu
 
+MODULES = ("FP32LayerNorm", "LayerNormScaleShift", "ScaleResidualLayerNormScaleShift")
 SHAPES = tuple(itertools.product(bench.CUDA_TOKENS, bench.CUDA_DIMS))
 BF16 = torch.bfloat16
 # FP32LayerNorm with fp32 and no parameters (the floor targets), Wan's two
-# fused modules with bf16 [B, 1, D] modulation (the CuTe targets)
+# fused modules (the CuTe targets; modulation of --mod-dtypes, [B, 1, D] or
+# per frame)
 CASE_KINDS = (
     ("FP32LayerNorm", torch.float32),
     ("FP32LayerNorm", None),
@@ -130,6 +132,13 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
+        "--mod-dtypes", default="bf16",
+        help="the fused cases' modulation dtypes, comma-separated (default bf16)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--modules", help=f"comma-separated subset of {', '.join(MODULES)}"
+    )
+    parser.add_argument(
         "--frames", type=int, default=0,
         help="the fused cases' modulation per frame, [B, F, 1, D] (where F "
         "divides the tokens; LOOP's regime), instead of [B, 1, D]",
@@ -142,6 +151,16 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     shapes = nu.parse_shapes(parser, args.shapes) if args.shapes else SHAPES
+    mod_dtypes = nu.parse_dtypes(parser, args.mod_dtypes, "--mod-dtypes")
+    modules = args.modules.split(",") if args.modules else list(MODULES)
+    if not set(modules) <= set(MODULES):
+        parser.error(f"unknown modules {sorted(set(modules) - set(MODULES))}")
+    kinds = [
+        (module, params, mod)
+        for module, params in CASE_KINDS
+        if module in modules
+        for mod in ([torch.float32] if module == "FP32LayerNorm" else mod_dtypes)
+    ]
     device = torch.device("cuda")
     timer = nu.Timer(device, quick=False)
     bandwidth = timer.copy_bandwidth()
@@ -150,21 +169,26 @@ def main(argv=None) -> None:
           f"copy {bandwidth / 1e9:.0f} GB/s; CuTe peer: {reason or 'present'}")  # fmt: skip
     rows = []
     try:
-        for (tokens, dim), (module, params) in itertools.product(shapes, CASE_KINDS):
-            mod = torch.float32 if module == "FP32LayerNorm" else BF16
+        for (tokens, dim), (module, params, mod) in itertools.product(shapes, kinds):
             fused = module != "FP32LayerNorm"
             frames = args.frames if fused and tokens % max(args.frames, 1) == 0 else 0
             case = bench.Case(module, tokens, dim, BF16, params, mod, frames)
             rows.append(run_case(case, names, timer, bandwidth, args.rounds, cute))
             torch.cuda.empty_cache()
+            # after every case, so a run stopped at a time limit keeps its rows
+            write_json(args.json, bandwidth, rows, registers())
     finally:
         kb._TUNING_OVERRIDE = None
-    regs = registers()
-    for key, (n_regs, spills) in sorted(regs.items()):
+    for key, (n_regs, spills) in sorted(registers().items()):
         print(f"compiled {key}: regs {n_regs} spills {spills}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"bandwidth": bandwidth, "rows": rows, "regs": regs}, f, indent=1)
+
+
+def write_json(path, bandwidth, rows, regs) -> None:
+    if path:
+        with open(path, "w") as f:
+            run = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+            run.update(bandwidth=bandwidth, rows=rows, regs=regs)
+            json.dump(run, f, indent=1)
             f.write("\n")
 
 

@@ -358,7 +358,9 @@ def parse_device(parser, value: str) -> torch.device:
     return device
 
 
-def parse_dtypes(parser, value: Optional[str]) -> Optional[list]:
+def parse_dtypes(
+    parser, value: Optional[str], flag: str = "--dtypes"
+) -> Optional[list]:
     if value is None:
         return None
     by_name = {name: dtype for dtype, name in DTYPE_NAMES.items()}
@@ -367,8 +369,7 @@ def parse_dtypes(parser, value: Optional[str]) -> Optional[list]:
         key = DTYPE_ALIASES.get(name.strip().lower(), name.strip().lower())
         if key not in by_name:
             parser.error(
-                f"--dtypes: unknown dtype {name!r} (choose from "
-                f"{', '.join(by_name)})"
+                f"{flag}: unknown dtype {name!r} (choose from {', '.join(by_name)})"
             )
         dtypes.append(by_name[key])
     return list(dict.fromkeys(dtypes))
