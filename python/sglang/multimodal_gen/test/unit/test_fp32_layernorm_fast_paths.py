@@ -38,8 +38,9 @@ def triton_at_any_size(monkeypatch):
 
 # the variants the plans take (kb._tuning); the interpreter test covers the rest
 KERNEL_VARIANTS = ("rows", "rows-keep", "block-keep", "block-keep-prefetch")
-# taken only by the fused modules (with per-frame modulation at D = 5120)
-FUSED_VARIANTS = KERNEL_VARIANTS + ("block-keep-warm-cap",)
+# taken only by the fused modules (with per-frame modulation at D = 5120, and
+# on an H100 LayerNormScaleShift at D = 1536: kb._H100_CARDS)
+FUSED_VARIANTS = KERNEL_VARIANTS + ("block-keep-warm-cap", "block")
 
 
 def _force_variant(name, monkeypatch):

@@ -106,6 +106,55 @@ def test_per_frame_plans_loop_where_frames_are_short(
     assert got == kb._variant(variant)
 
 
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+@pytest.mark.parametrize(
+    "rows, dim, residual, mod_itemsize, frame_rows, variant",
+    [
+        # LayerNormScaleShift at D = 1536: four warps per row, [B, 1, D] or
+        # per frame, either modulation width
+        (75600, 1536, False, 2, 0, "block"),
+        (32760, 1536, False, 4, 1560, "block"),
+        # ScaleResidual at D = 1536, per frame: PREFETCH too
+        (32760, 1536, True, 2, 1560, "block-keep-prefetch"),
+        (75600, 1536, True, 4, 3600, "block-keep-prefetch"),
+        # D = 5120, per-frame bf16 modulation: no LOOP
+        (32760, 5120, False, 2, 1560, "block-keep-prefetch"),
+        (75600, 5120, False, 2, 3600, "block-keep-prefetch"),
+        (32760, 5120, True, 2, 1560, "block-keep-warm-cap"),
+        # ... and the H200 table elsewhere: fp32 modulation at 5120, [B, 1, D]
+        # ScaleResidual, other widths, fewer rows
+        (32760, 5120, False, 4, 1560, "block-keep-loop7"),
+        (32760, 5120, True, 4, 1560, "block-keep-warm"),
+        (32760, 1536, True, 2, 0, "block-keep"),
+        (32760, 1280, False, 2, 1560, "rows"),
+        (32760, 3072, False, 2, 1560, "block-keep-loop24"),
+        (16380, 1536, False, 2, 780, "rows"),
+        (4096, 5120, False, 2, 195, "block-keep"),
+    ],
+)
+def test_an_h100_takes_its_own_entries_and_the_table_elsewhere(
+    rows, dim, residual, mod_itemsize, frame_rows, variant
+):
+    """The H100's entries (_H100_CARDS, measured on that card, session 21);
+    the same case on any other card, or off CUDA, is the H200 table's."""
+    case = (rows, dim, residual, True, frame_rows > 0, mod_itemsize, frame_rows)
+    assert kb._tuning(*case, card=H100) == kb._variant(variant)
+    table = kb._tuning(*case)
+    for card in ("NVIDIA H200", "NVIDIA H100 PCIe", ""):
+        assert kb._tuning(*case, card=card) == table
+    # FP32LayerNorm (no modulation) keeps the table on an H100
+    assert kb._tuning(rows, dim, False, False, card=H100) == kb._tuning(
+        rows, dim, False, False
+    )
+
+
+def test_card_name_is_empty_off_cuda():
+    assert kb._card_name(torch.device("cpu")) == ""
+    assert kb._card_name(torch.device("meta")) == ""
+
+
 def test_kernel_variant_names_parse_or_fail_in_one_line():
     assert kb._variant("rows-keep") == {"ROWS": 1, "KEEP": True, "PREFETCH": False}
     assert kb._variant("block") == {
@@ -194,21 +243,23 @@ def test_plan_hands_the_loop_to_the_grid(mod_dtype, loop, monkeypatch):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @needs_triton
 @pytest.mark.parametrize(
-    "residual, dim, mod_dtype, frame_rows, variant",
+    "residual, dim, mod_dtype, frame_rows, variant, h100",
     [
-        (True, 5120, torch.bfloat16, 800, "block-keep-loop6"),
-        (True, 5120, torch.bfloat16, 2100, "block-keep-warm-cap"),
-        (True, 5120, torch.float32, 800, "block-keep-warm"),
-        (True, 3072, torch.float32, 800, "block-keep-loop16"),
-        (False, 5120, torch.bfloat16, 800, "block-keep-loop18"),
-        (False, 5120, torch.float32, 800, "block-keep-loop7"),
-        (False, 3072, torch.bfloat16, 800, "block-keep-loop24"),
-        (True, 1280, torch.float32, 800, "block-keep"),
-        (True, 1280, torch.bfloat16, 800, "block-keep"),
+        (True, 5120, torch.bfloat16, 800, "block-keep-loop6", "block-keep-warm-cap"),
+        (True, 5120, torch.bfloat16, 2100, "block-keep-warm-cap", None),
+        (True, 5120, torch.float32, 800, "block-keep-warm", None),
+        (True, 3072, torch.float32, 800, "block-keep-loop16", None),
+        (False, 5120, torch.bfloat16, 800, "block-keep-loop18", "block-keep-prefetch"),
+        (False, 5120, torch.float32, 800, "block-keep-loop7", None),
+        (False, 3072, torch.bfloat16, 800, "block-keep-loop24", None),
+        (True, 1280, torch.float32, 800, "block-keep", None),
+        (True, 1280, torch.bfloat16, 800, "block-keep", None),
+        (True, 1536, torch.bfloat16, 800, "block-keep", "block-keep-prefetch"),
+        (False, 1536, torch.float32, 800, "rows", "block"),
     ],
 )
 def test_per_frame_modulation_at_wan_widths_equals_chain(
-    residual, dim, mod_dtype, frame_rows, variant, monkeypatch
+    residual, dim, mod_dtype, frame_rows, variant, h100, monkeypatch
 ):
     """The fused modules with Wan's per-frame modulation ([B, 21, 1, D]) at
     D = 1280, 3072 and 5120: the table's choice, bit-identical to the eager
@@ -216,7 +267,10 @@ def test_per_frame_modulation_at_wan_widths_equals_chain(
     Frames of 800 rows loop (LOOP: 6 to 22 rows per program on 132 SMs, the
     grid's last programs without a row), but ScaleResidual at 5120 with fp32
     modulation, which prefetches; so does that module with frames past
-    _LOOP_FRAME_ROWS, capping its registers with bf16 modulation."""
+    _LOOP_FRAME_ROWS, capping its registers with bf16 modulation. An H100
+    takes its own entries (``h100``) where it has one."""
+    if h100 and torch.cuda.get_device_name() in kb._H100_CARDS:
+        variant = h100
     monkeypatch.setattr(kb, "_PLANS", {})
     monkeypatch.setattr(sel, "_RUNNERS", {})
     frames = 21

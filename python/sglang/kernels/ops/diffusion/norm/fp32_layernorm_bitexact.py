@@ -164,6 +164,21 @@ _LOOP_PER_SM = {
     (True, 10, False): 6,
 }
 _TUNING_OVERRIDE: Optional[dict] = None  # tests and tools: one variant everywhere
+# Cards whose own sweep replaces some of the table's choices (keyed by the exact
+# device name, as upstream's fused-MoE configs are; any other card keeps the
+# H200 table). The H100 (132 SMs as the H200, 3.35 against 4.8 TB/s), session
+# 21 (NVIDIA H100 80GB HBM3, torch 2.11, Triton 3.6, graph replay, from 4 x
+# _MANY_ROWS rows, modulated; docs/results/h100-torch2.11-kernel-tuning-*.json):
+# * LayerNormScaleShift at D = 1536: four warps per row, not one (75600x1536
+#   154.7 against 169.5 us with bf16 modulation, 154.7 against 168.7 with fp32;
+#   per-frame 32760x1536 68.8 against 71.7 and 70.0 against 71.6);
+# * ScaleResidual at D = 1536, per-frame: + PREFETCH (32760x1536 135.5 against
+#   139.5 us with bf16 modulation, 140.8 against 149.6 with fp32);
+# * 4608 < D <= 5120, per-frame bf16 modulation, no LOOP: LayerNormScaleShift
+#   KEEP + PREFETCH (75600x5120 511.6 against 558.5 us, 32760x5120 225.1
+#   against 241.5 for LOOP), ScaleResidual WARM_L1 + CAP at 32760 tokens too
+#   (455.7 against 475.1 us for LOOP).
+_H100_CARDS = frozenset({"NVIDIA H100 80GB HBM3"})
 
 
 def _iters(dim: int) -> int:
@@ -194,13 +209,27 @@ def _variant(name: str) -> dict:
     return {**shared, "WARM_L1": "warm" in knobs, "CAP": "cap" in knobs, "LOOP": loop}
 
 
+def _h100_tuning(dim: int, residual: bool, per_frame: bool,
+                 mod_itemsize: int) -> Optional[str]:  # fmt: skip
+    """The H100's own choice for a modulated case from 4 x _MANY_ROWS rows
+    (see _H100_CARDS), or None where it keeps the table's."""
+    if dim == 1536 and not residual:
+        return "block"
+    if dim == 1536 and per_frame:
+        return "block-keep-prefetch"
+    if 4608 < dim <= 5120 and per_frame and mod_itemsize < 4:
+        return "block-keep-warm-cap" if residual else "block-keep-prefetch"
+    return None
+
+
 def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
             per_frame: bool = False, mod_itemsize: int = 4,
-            frame_rows: int = 0) -> dict:  # fmt: skip
+            frame_rows: int = 0, card: str = "") -> dict:  # fmt: skip
     """The kernel variant for ``rows`` rows of ``dim`` (see the table above);
     ``per_frame``: a modulation operand of ``[B, F, 1, D]`` with 1 < F < L,
     ``mod_itemsize``: the widest modulation operand's element size,
-    ``frame_rows``: the rows of one frame of a per-frame operand (L // F)."""
+    ``frame_rows``: the rows of one frame of a per-frame operand (L // F),
+    ``card``: the device's name (``_card_name``), for its own entries."""
     if _TUNING_OVERRIDE is not None:
         return _TUNING_OVERRIDE
     elements = rows * dim
@@ -209,6 +238,10 @@ def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
     wide = 4608 < dim <= 5120
     many = rows >= 4 * _MANY_ROWS
     frame_mod = modulated and per_frame
+    if card in _H100_CARDS and modulated and many:
+        name = _h100_tuning(dim, residual, per_frame, mod_itemsize)
+        if name:
+            return _variant(name)
     if frame_mod and many and 0 < frame_rows <= _LOOP_FRAME_ROWS:
         fp32 = mod_itemsize >= 4
         loop = _LOOP_PER_SM.get((residual, _iters(dim), fp32))
@@ -374,6 +407,12 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def _card_name(device: torch.device) -> str:
+    # the key of a card's own tuning entries; "" off CUDA
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+
+
 class _Plan:
     """One launch configuration, prepared once and reused for every call.
 
@@ -440,7 +479,7 @@ class _Plan:
             widest = max((m.tensor.element_size() for m in mods.values()), default=4)
             tuning = _tuning(self.rows, dim, residual is not None,
                              scale is not None, bool(frames), widest,
-                             min(frames, default=0))  # fmt: skip
+                             min(frames, default=0), _card_name(x.device))  # fmt: skip
         self.tuning = tuning  # the variant, as _launch_fp32_norm's tuning
         knobs = dict(tuning)
         if "ROWS" in tuning:
