@@ -144,9 +144,8 @@ _ATEN_REPLAY = {
 #   7 0.84x). ScaleResidual 32760x5120 with bf16 modulation (session 17, two
 #   sets): 355-358 against 363-364 us for its WARM_L1 + CAP kernel (upstream's
 #   CuTe DSL kernel 351); 6 and 12 per SM within 0.5%, 5 1.01x, 4 1.05x.
-# Session 10 timed every variant again at the shapes that still trail
-# upstream's CuTe kernel: the choices above were the fastest, or within 1%,
-# in five of eight, and no variant closed a miss (docs/kernel-notes.md).
+# Session 10 timed every variant again where we trailed CuTe: the choices above
+# were the fastest or within 1% in five of eight; none closed a miss.
 _FEW_ELEMENTS = 3 << 19
 _MID_ELEMENTS = 1 << 24
 _MANY_ROWS = 4096
@@ -164,20 +163,14 @@ _LOOP_PER_SM = {
     (True, 10, False): 6,
 }
 _TUNING_OVERRIDE: Optional[dict] = None  # tests and tools: one variant everywhere
-# Cards whose own sweep replaces some of the table's choices (keyed by the exact
-# device name, as upstream's fused-MoE configs are; any other card keeps the
-# H200 table). The H100 (132 SMs as the H200, 3.35 against 4.8 TB/s), session
-# 21 (NVIDIA H100 80GB HBM3, torch 2.11, Triton 3.6, graph replay, from 4 x
-# _MANY_ROWS rows, modulated; docs/results/h100-torch2.11-kernel-tuning-*.json):
-# * LayerNormScaleShift at D = 1536: four warps per row, not one (75600x1536
-#   154.7 against 169.5 us with bf16 modulation, 154.7 against 168.7 with fp32;
-#   per-frame 32760x1536 68.8 against 71.7 and 70.0 against 71.6);
-# * ScaleResidual at D = 1536, per-frame: + PREFETCH (32760x1536 135.5 against
-#   139.5 us with bf16 modulation, 140.8 against 149.6 with fp32);
-# * 4608 < D <= 5120, per-frame bf16 modulation, no LOOP: LayerNormScaleShift
-#   KEEP + PREFETCH (75600x5120 511.6 against 558.5 us, 32760x5120 225.1
-#   against 241.5 for LOOP), ScaleResidual WARM_L1 + CAP at 32760 tokens too
-#   (455.7 against 475.1 us for LOOP).
+# Cards whose own sweep replaces some of the table's choices, keyed by exact
+# device name (as upstream's fused-MoE configs are); other cards keep the H200
+# table. The H100 (132 SMs as the H200, 3.35 against 4.8 TB/s), with modulation
+# from 4 x _MANY_ROWS rows (docs/kernel-notes.md "H100 entries", docs/results/
+# h100-torch2.11-kernel-tuning-*.json): LayerNormScaleShift at D = 1536 four
+# warps per row, not one; ScaleResidual at D = 1536 per-frame + PREFETCH; at
+# 4608 < D <= 5120 per-frame bf16 modulation (no LOOP) LayerNormScaleShift KEEP
+# + PREFETCH, ScaleResidual WARM_L1 + CAP at 32760 tokens too.
 _H100_CARDS = frozenset({"NVIDIA H100 80GB HBM3"})
 
 
