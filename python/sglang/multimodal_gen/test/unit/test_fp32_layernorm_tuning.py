@@ -113,9 +113,11 @@ H100 = "NVIDIA H100 80GB HBM3"
     "rows, dim, residual, mod_itemsize, frame_rows, variant",
     [
         # LayerNormScaleShift at D = 1536: four warps per row, [B, 1, D] or
-        # per frame, either modulation width
+        # per frame of at most _LOOP_FRAME_ROWS rows, either modulation width
         (75600, 1536, False, 2, 0, "block"),
+        (32760, 1536, False, 4, 0, "block"),
         (32760, 1536, False, 4, 1560, "block"),
+        (43008, 1536, False, 2, 2048, "block"),
         # ScaleResidual at D = 1536, per frame: PREFETCH too
         (32760, 1536, True, 2, 1560, "block-keep-prefetch"),
         (75600, 1536, True, 4, 3600, "block-keep-prefetch"),
@@ -128,6 +130,9 @@ H100 = "NVIDIA H100 80GB HBM3"
         (32760, 5120, False, 4, 1560, "block-keep-loop7"),
         (32760, 5120, True, 4, 1560, "block-keep-warm"),
         (32760, 1536, True, 2, 0, "block-keep"),
+        (75600, 1536, False, 2, 3600, "rows"),
+        (75600, 1536, False, 4, 3600, "rows"),
+        (43029, 1536, False, 2, 2049, "rows"),
         (32760, 1280, False, 2, 1560, "rows"),
         (32760, 3072, False, 2, 1560, "block-keep-loop24"),
         (16380, 1536, False, 2, 780, "rows"),
@@ -137,8 +142,9 @@ H100 = "NVIDIA H100 80GB HBM3"
 def test_an_h100_takes_its_own_entries_and_the_table_elsewhere(
     rows, dim, residual, mod_itemsize, frame_rows, variant
 ):
-    """The H100's entries (_H100_CARDS, measured on that card, session 21);
-    the same case on any other card, or off CUDA, is the H200 table's."""
+    """The H100's entries (_H100_CARDS, measured on that card, sessions 21
+    and 23); the same case on any other card, or off CUDA, is the H200
+    table's."""
     case = (rows, dim, residual, True, frame_rows > 0, mod_itemsize, frame_rows)
     assert kb._tuning(*case, card=H100) == kb._variant(variant)
     table = kb._tuning(*case)

@@ -168,9 +168,10 @@ _TUNING_OVERRIDE: Optional[dict] = None  # tests and tools: one variant everywhe
 # table. The H100 (132 SMs as the H200, 3.35 against 4.8 TB/s), with modulation
 # from 4 x _MANY_ROWS rows (docs/kernel-notes.md "H100 entries", docs/results/
 # h100-torch2.11-kernel-tuning-*.json): LayerNormScaleShift at D = 1536 four
-# warps per row, not one; ScaleResidual at D = 1536 per-frame + PREFETCH; at
-# 4608 < D <= 5120 per-frame bf16 modulation (no LOOP) LayerNormScaleShift KEEP
-# + PREFETCH, ScaleResidual WARM_L1 + CAP at 32760 tokens too.
+# warps per row, not one, but per-frame past _LOOP_FRAME_ROWS rows a frame (a
+# warp per row faster there); ScaleResidual at D = 1536 per-frame + PREFETCH;
+# at 4608 < D <= 5120 per-frame bf16 modulation (no LOOP) LayerNormScaleShift
+# KEEP + PREFETCH, ScaleResidual WARM_L1 + CAP at 32760 tokens too.
 _H100_CARDS = frozenset({"NVIDIA H100 80GB HBM3"})
 
 
@@ -203,11 +204,11 @@ def _variant(name: str) -> dict:
 
 
 def _h100_tuning(dim: int, residual: bool, per_frame: bool,
-                 mod_itemsize: int) -> Optional[str]:  # fmt: skip
+                 mod_itemsize: int, frame_rows: int) -> Optional[str]:  # fmt: skip
     """The H100's own choice for a modulated case from 4 x _MANY_ROWS rows
     (see _H100_CARDS), or None where it keeps the table's."""
     if dim == 1536 and not residual:
-        return "block"
+        return None if per_frame and frame_rows > _LOOP_FRAME_ROWS else "block"
     if dim == 1536 and per_frame:
         return "block-keep-prefetch"
     if 4608 < dim <= 5120 and per_frame and mod_itemsize < 4:
@@ -232,7 +233,7 @@ def _tuning(rows: int, dim: int, residual: bool, modulated: bool,
     many = rows >= 4 * _MANY_ROWS
     frame_mod = modulated and per_frame
     if card in _H100_CARDS and modulated and many:
-        name = _h100_tuning(dim, residual, per_frame, mod_itemsize)
+        name = _h100_tuning(dim, residual, per_frame, mod_itemsize, frame_rows)
         if name:
             return _variant(name)
     if frame_mod and many and 0 < frame_rows <= _LOOP_FRAME_ROWS:
